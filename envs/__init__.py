@@ -1,0 +1,27 @@
+"""DLCMDP environments of dynamite-rl. Importing this package registers them with gymnasium.
+
+>>> import gymnasium as gym, envs
+>>> env = gym.make("dynamite/Gridworld-v0", size=7, num_goals=3)
+>>> vec = gym.make_vec("dynamite/Gridworld-v0", num_envs=256)  # natively batched
+"""
+
+import gymnasium as gym
+
+from envs.dlcmdp import SCHEDULES, SessionSchedule, make_schedule
+from envs.gridworld import GridworldEnv, GridworldVectorEnv, make_gridworld_config
+
+__all__ = [
+    "SCHEDULES",
+    "SessionSchedule",
+    "make_schedule",
+    "GridworldEnv",
+    "GridworldVectorEnv",
+    "make_gridworld_config",
+]
+
+if "dynamite/Gridworld-v0" not in gym.registry:
+    gym.register(
+        id="dynamite/Gridworld-v0",
+        entry_point="envs.gridworld:GridworldEnv",
+        vector_entry_point="envs.gridworld:GridworldVectorEnv",
+    )

@@ -1,0 +1,126 @@
+"""The DLCMDP machinery shared by every environment: session schedules and latent dynamics.
+
+An episode of horizon H is cut into sessions. ``session_done[t]`` (d_t) is True when the transition at
+step t is the last one of its session: its reward still uses the old latent, then the latent moves,
+m' ~ T(. | m), and the state is reset from nu_0. The episode end always closes the last session, so
+``session_done[H - 1]`` is True for every schedule.
+
+Schedules (paper section 3 and 5):
+
+* ``fixed``: a session ends every ``session_length`` steps (the last one may be shorter);
+* ``bernoulli``: d_t ~ Bernoulli(``session_prob``) i.i.d. for t < H - 1;
+* ``poisson``: ``num_sessions`` = K sessions; the first K - 1 lengths ~ Poisson(H / K), each redrawn
+  until it is positive and leaves at least one step for every later session; the last takes the rest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SCHEDULES = ("fixed", "bernoulli", "poisson")
+
+
+@dataclass(frozen=True)
+class SessionSchedule:
+    """Where the sessions of an episode end. Build it with :func:`make_schedule`, which validates."""
+
+    kind: str
+    horizon: int
+    session_length: int
+    session_prob: float
+    num_sessions: int
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """One episode's ``session_done`` flags, a bool array of shape (horizon,)."""
+        done = np.zeros(self.horizon, dtype=bool)
+        if self.kind == "fixed":
+            done[self.session_length - 1 :: self.session_length] = True
+        elif self.kind == "bernoulli":
+            done[:-1] = rng.random(self.horizon - 1) < self.session_prob
+        else:
+            done[np.cumsum(self._poisson_lengths(rng))[:-1] - 1] = True
+        done[-1] = True
+        return done
+
+    def _poisson_lengths(self, rng: np.random.Generator) -> np.ndarray:
+        lengths = np.empty(self.num_sessions, dtype=np.int64)
+        remaining = self.horizon
+        mean = self.horizon / self.num_sessions
+        for i in range(self.num_sessions - 1):
+            # every later session must keep at least one step
+            longest = remaining - (self.num_sessions - 1 - i)
+            length = 0
+            while not 1 <= length <= longest:
+                length = int(rng.poisson(mean))
+            lengths[i] = length
+            remaining -= length
+        lengths[-1] = remaining
+        return lengths
+
+
+def make_schedule(
+    schedule: str,
+    horizon: int,
+    session_length: int = 15,
+    session_prob: float = 1 / 15,
+    num_sessions: int = 4,
+) -> SessionSchedule:
+    """Validate the schedule arguments of an environment constructor and build the schedule."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if int(horizon) != horizon or horizon < 1:
+        raise ValueError(f"horizon must be a positive integer (the episode length), got {horizon!r}")
+    if schedule == "fixed" and (int(session_length) != session_length or session_length < 1):
+        raise ValueError(
+            f"session_length must be a positive integer for the fixed schedule, got {session_length!r}"
+        )
+    if schedule == "bernoulli" and not 0.0 <= session_prob <= 1.0:
+        raise ValueError(f"session_prob must be a probability in [0, 1], got {session_prob!r}")
+    if schedule == "poisson":
+        if int(num_sessions) != num_sessions or num_sessions < 1:
+            raise ValueError(
+                f"num_sessions must be a positive integer for the poisson schedule, got {num_sessions!r}"
+            )
+        if num_sessions > horizon:
+            raise ValueError(
+                f"num_sessions must be at most horizon={horizon} (each session lasts at least one "
+                f"step), got {num_sessions}"
+            )
+    return SessionSchedule(schedule, int(horizon), int(session_length), float(session_prob), int(num_sessions))
+
+
+def validate_transition_matrix(matrix, num_latents: int) -> np.ndarray:
+    """Check that ``matrix`` is a row-stochastic (num_latents x num_latents) array and return it."""
+    try:
+        array = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"transition_matrix must be a numeric matrix, got {matrix!r}") from error
+    if array.shape != (num_latents, num_latents):
+        raise ValueError(
+            f"transition_matrix must have shape ({num_latents}, {num_latents}) (one row and column "
+            f"per latent value), got shape {array.shape}"
+        )
+    if not np.all(np.isfinite(array)) or np.any(array < 0):
+        raise ValueError(f"transition_matrix entries must be finite and non-negative, got {array.tolist()}")
+    if not np.allclose(array.sum(axis=1), 1.0, atol=1e-8):
+        raise ValueError(
+            f"each row of transition_matrix must sum to 1 (row i is T(. | m = i)), got row sums "
+            f"{array.sum(axis=1).tolist()}"
+        )
+    return array
+
+
+def sample_latent_chain(
+    rng: np.random.Generator, first_probs: np.ndarray, transition_matrix: np.ndarray, length: int
+) -> np.ndarray:
+    """Latent indices m^0 ~ first_probs, m^{i+1} ~ T(. | m^i) for ``length`` sessions."""
+    uniforms = rng.random(length)
+    cumulative = np.cumsum(transition_matrix, axis=1)
+    last = len(first_probs) - 1
+    chain = np.empty(length, dtype=np.int64)
+    chain[0] = min(np.searchsorted(np.cumsum(first_probs), uniforms[0], side="right"), last)
+    for i in range(1, length):
+        chain[i] = min(np.searchsorted(cumulative[chain[i - 1]], uniforms[i], side="right"), last)
+    return chain
