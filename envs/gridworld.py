@@ -165,7 +165,7 @@ class GridworldEnv(gym.Env):
         if options and options.get("keep_task"):
             if self._plan is None:
                 raise ValueError('options={"keep_task": True} needs a previous episode: call reset() once first')
-            goals, previous_latent = self._plan.goals, int(self._plan.latents[-1])
+            goals, previous_latent = self._plan.goals, self.latent
         self._plan = sample_episode(self.config, self.np_random, goals, previous_latent)
         self._t, self._session = 0, 0
         self._cell = int(self._plan.start_cells[0])
@@ -275,7 +275,7 @@ class GridworldVectorEnv(VectorEnv):
             if seed[i] is not None or self._rngs[i] is None:
                 self._rngs[i], _ = seeding.np_random(seed[i])
         self._reset_envs(np.flatnonzero(mask), keep_task)
-        return self._observations(), self._infos(np.zeros(self.num_envs, dtype=bool))
+        return self._observations(), self._infos(np.zeros(self.num_envs, dtype=bool), mask=mask)
 
     def _reset_envs(self, indices: np.ndarray, keep_task: bool = False) -> None:
         for i in indices:
@@ -286,7 +286,7 @@ class GridworldVectorEnv(VectorEnv):
             self._session_done[i] = plan.session_done
             self._latents[i, :num_sessions] = plan.latents
             self._start_cells[i, :num_sessions] = plan.start_cells
-        self._goal_obs[indices] = self.config.coords[self._goals[indices]].reshape(len(indices), -1)
+        self._goal_obs[indices] = self.config.coords[self._goals[indices]].reshape(len(indices), 2 * self.config.num_goals)
         self._t[indices] = 0
         self._session[indices] = 0
         self._cell[indices] = self._start_cells[indices, 0]
@@ -336,8 +336,7 @@ class GridworldVectorEnv(VectorEnv):
             final_obs = np.full(n, None, dtype=object)
             for i in done:
                 final_obs[i] = observations[i]
-            final_info = self._infos(session_done & truncations, latents, session * truncations, truncations)
-            final_info["latent"] = final_info["latent"] * truncations[:, None]
+            final_info = self._infos(session_done, latents, session, mask=truncations)
             self._reset_envs(done)
             observations = self._observations()
             reset_infos = self._infos(np.zeros(n, dtype=bool))
@@ -357,13 +356,12 @@ class GridworldVectorEnv(VectorEnv):
         return np.concatenate([agent, self._goal_obs], axis=1)
 
     def _infos(self, session_done, latents=None, session=None, mask=None) -> dict[str, np.ndarray]:
-        if session is None:
-            session = self._session.copy()
-        if latents is None:
-            latents = self._latents[np.arange(self.num_envs), session]
+        """Infos in the layout of ``SyncVectorEnv``: values where ``mask`` is set, zeros elsewhere."""
         mask = self._all if mask is None else mask
+        session = self._session.copy() if session is None else session
+        latents = self._latents[np.arange(self.num_envs), session] if latents is None else latents
         return {
-            "session_done": session_done, "_session_done": mask.copy(),
-            "latent": self._latent_onehot[latents], "_latent": mask.copy(),
-            "session": session, "_session": mask.copy(),
+            "session_done": session_done & mask, "_session_done": mask.copy(),
+            "latent": self._latent_onehot[latents] * mask[:, None], "_latent": mask.copy(),
+            "session": session * mask, "_session": mask.copy(),
         }

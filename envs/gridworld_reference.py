@@ -1,12 +1,13 @@
 """Exact reference returns of the Gridworld with a fixed schedule, by dynamic programming.
 
 With a fixed schedule the agent knows where sessions end, the goal cells are observed and moves are
-deterministic, so the exact posterior over the paying goal is a finite object: the belief ``start`` at
-the session's start (a probability vector over goals), restricted to the goals not yet ruled out in this
-session (a subset ``alive``; landing on a goal either reveals it pays, alive = {j}, or rules it out).
-Between sessions the posterior moves to (start | alive) @ T. Backward induction over
-(step, start, alive) x (goal cells, agent cell) is therefore exact. Values are kept per session, so the
-table gives each session's expected return under the optimal policy.
+deterministic, so the exact posterior over the paying goal takes finitely many values. Within a session
+it only changes when the agent lands on a goal: the goal either pays (the posterior becomes one-hot) or
+is ruled out (the posterior is restricted to the other goals and renormalised). Between sessions it
+moves to posterior @ T. Backward induction over (step, posterior) x (goal cells, agent cell) is
+therefore exact. Values are kept per session, so the table gives each session's expected return under
+the optimal policy. The cost grows with the number of goal tuples (cells^G) and of reachable posteriors
+(about 2^G new ones per session): the defaults take a few seconds.
 
 Policies (``MODES``):
 
@@ -22,8 +23,6 @@ check in the environment itself)::
 
     python -m envs.gridworld_reference
 """
-
-from __future__ import annotations
 
 import itertools
 import json
@@ -45,16 +44,18 @@ MODE_LABELS = {
 
 @dataclass
 class Solution:
-    """Expected returns of one policy and, for greedy policies, the policy itself."""
+    """Expected returns of one policy, the posteriors it passes through and, unless random, the policy."""
 
     config: GridworldConfig
     mode: str
     per_session: np.ndarray  # (K,) expected return of each session
     goal_sets: np.ndarray  # (C, G) every ordered tuple of distinct goal cells
-    beliefs: list[np.ndarray]  # session-start beliefs, indexed by id
-    initial: list[tuple[float, int]]  # (probability, belief id) of the first session's start
-    next_start: dict[tuple[int, int], list[tuple[float, int]]]  # (belief id, alive) -> next session start
-    policy: dict[tuple[int, int, int], np.ndarray] = field(default_factory=dict)  # (t, id, alive) -> (C, cells)
+    posteriors: list[np.ndarray]  # posterior over the paying goal, indexed by id
+    initial: list[tuple[float, int]]  # (probability, posterior id) at the first session's start
+    paid: dict[tuple[int, int], int]  # (id, goal j) -> id after landing on j and being paid
+    unpaid: dict[tuple[int, int], int]  # (id, goal j) -> id after landing on j and not being paid
+    next_start: dict[tuple[int, int], list[tuple[float, int]]]  # (session, id at its end) -> (probability, id) next
+    policy: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (t, id) -> action, (C, cells)
 
     @property
     def total(self) -> float:
@@ -72,143 +73,127 @@ def fixed_schedule_sessions(config: GridworldConfig) -> tuple[np.ndarray, np.nda
     return done, np.concatenate([[0], np.cumsum(done[:-1])])
 
 
-def _bits(alive: int, num_goals: int) -> np.ndarray:
-    return np.array([(alive >> j) & 1 for j in range(num_goals)], dtype=bool)
-
-
-def _posterior(start: np.ndarray, alive: int) -> np.ndarray:
-    restricted = start * _bits(alive, len(start))
-    return restricted / restricted.sum()
-
-
-def _support(belief: np.ndarray) -> int:
-    return int(sum(1 << j for j in np.flatnonzero(belief > 0)))
-
-
-def _subsets(mask: int) -> list[int]:
-    """Every non-empty subset of the bits of ``mask``."""
-    subsets, sub = [], mask
-    while sub:
-        subsets.append(sub)
-        sub = (sub - 1) & mask
-    return subsets
-
-
 def solve(config: GridworldConfig, mode: str = "bayes") -> Solution:
     """Expected return per session of ``mode`` (one of ``MODES``) in the Gridworld of ``config``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     done, session_of = fixed_schedule_sessions(config)
     horizon, num_sessions, num_goals = config.horizon, int(done.sum()), config.num_goals
-    transition = config.transition_matrix
+    num_cells, num_actions = config.num_cells, config.move.shape[1]
 
-    goal_sets = np.array(list(itertools.permutations(range(config.num_cells), num_goals)), dtype=np.int64)
+    goal_sets = np.array(list(itertools.permutations(range(num_cells), num_goals)), dtype=np.int64)
     num_sets = len(goal_sets)
-    goal_at = np.full((num_sets, config.num_cells), -1, dtype=np.int64)  # which goal, if any, is at a cell
+    goal_at = np.full((num_sets, num_cells), -1, dtype=np.int64)  # which goal, if any, is at a cell
     for j in range(num_goals):
         goal_at[np.arange(num_sets), goal_sets[:, j]] = j
     free = goal_at < 0
+    goal_at_landing = goal_at[:, config.move]  # (C, cells, actions)
 
-    # forward: the session-start beliefs of every session and how each session end leads to the next
-    beliefs: list[np.ndarray] = []
-    belief_ids: dict[tuple, int] = {}
+    # forward: every posterior each session can reach, and how a session's end leads to the next start
+    posteriors: list[np.ndarray] = []
+    ids: dict[tuple, int] = {}
+    paid: dict[tuple[int, int], int] = {}
+    unpaid: dict[tuple[int, int], int] = {}
 
-    def belief_id(belief: np.ndarray) -> int:
+    def posterior_id(belief: np.ndarray) -> int:
+        belief = belief / belief.sum()
         key = tuple(np.round(belief, 12))
-        if key not in belief_ids:
-            belief_ids[key] = len(beliefs)
-            beliefs.append(belief)
-        return belief_ids[key]
-
-    uniform = np.full(num_goals, 1.0 / num_goals)
-    onehots = np.eye(num_goals)
-    marginals = [uniform]
-    for _ in range(num_sessions - 1):
-        marginals.append(marginals[-1] @ transition)
+        if key not in ids:
+            ids[key] = len(posteriors)
+            posteriors.append(belief)
+        return ids[key]
 
     def split(belief: np.ndarray) -> list[tuple[float, int]]:
-        if mode == "oracle":  # the oracle learns the new latent as the session starts
-            return [(float(p), belief_id(onehots[m])) for m, p in enumerate(belief) if p > 0]
-        return [(1.0, belief_id(belief))]
+        if mode == "oracle":  # the oracle is told the new latent as the session starts
+            return [(float(p), posterior_id(np.eye(num_goals)[m])) for m, p in enumerate(belief) if p > 0]
+        return [(1.0, posterior_id(belief))]
 
-    initial = split(uniform)
-    starts = [sorted({i for _, i in initial})]
+    def within_session(starts: set[int]) -> list[int]:
+        """The starts and every posterior that landing on goals can lead to from them."""
+        reached, todo = set(starts), list(starts)
+        while todo:
+            s = todo.pop()
+            for j in np.flatnonzero(posteriors[s] > 0):
+                paid[(s, j)] = posterior_id(np.eye(num_goals)[j])
+                if posteriors[s][j] < 1:
+                    unpaid[(s, j)] = posterior_id(np.where(np.arange(num_goals) == j, 0.0, posteriors[s]))
+                for nxt in (paid[(s, j)], unpaid.get((s, j))):
+                    if nxt is not None and nxt not in reached:
+                        reached.add(nxt)
+                        todo.append(nxt)
+        return sorted(reached)
+
+    marginal = np.full(num_goals, 1.0 / num_goals)
+    initial = split(marginal)
+    states = [within_session({s for _, s in initial})]
     next_start: dict[tuple[int, int], list[tuple[float, int]]] = {}
     for session in range(num_sessions - 1):
-        following = set()
-        for start_id in starts[session]:
-            for alive in _subsets(_support(beliefs[start_id])):
-                if mode == "memoryless":
-                    target = split(marginals[session + 1])
-                else:
-                    target = split(_posterior(beliefs[start_id], alive) @ transition)
-                next_start[(start_id, alive)] = target
-                following.update(i for _, i in target)
-        starts.append(sorted(following))
+        marginal = marginal @ config.transition_matrix
+        for s in states[session]:
+            target = marginal if mode == "memoryless" else posteriors[s] @ config.transition_matrix
+            next_start[(session, s)] = split(target)
+        states.append(within_session({s for end in states[session] for _, s in next_start[(session, end)]}))
 
-    # backward: values[(start id, alive)] is (C, cells, K), expected reward of each session from step t on
-    solution = Solution(config, mode, np.zeros(num_sessions), goal_sets, beliefs, initial, next_start)
-    values: dict[tuple[int, int], np.ndarray] = {}
+    # backward: values[id] is (C, cells, K), the expected reward of each session from step t on
+    solution = Solution(config, mode, np.zeros(num_sessions), goal_sets, posteriors, initial, paid, unpaid, next_start)
+    values: dict[int, np.ndarray] = {}
     for t in reversed(range(horizon)):
         session = session_of[t]
         session_end = bool(done[t]) and t < horizon - 1
-        next_values: dict[tuple[int, int], np.ndarray] = {}
-        for start_id in starts[session]:
-            start = beliefs[start_id]
-            for alive in _subsets(_support(start)):
-                posterior = _posterior(start, alive)
+        after: dict[int, np.ndarray] = {}  # value after the move, (C, cells, actions, K) by the landing
 
-                def continuation(alive_after: int) -> np.ndarray:
-                    """Value after the move, indexed by the cell landed on: (C, cells, K)."""
-                    if t == horizon - 1:
-                        return np.zeros((num_sets, config.num_cells, num_sessions))
-                    if not session_end:
-                        return values[(start_id, alive_after)]
-                    total = np.zeros((num_sets, num_sessions))
-                    for prob, nxt in next_start[(start_id, alive_after)]:
-                        at_start = values[(nxt, _support(beliefs[nxt]))]
-                        # nu_0: the next session starts on a uniformly random free cell
-                        total += prob * (at_start * free[..., None]).sum(1) / free.sum(1, keepdims=True)
-                    return np.broadcast_to(total[:, None, :], (num_sets, config.num_cells, num_sessions))
+        def continuation(s: int) -> np.ndarray:
+            if s not in after:
+                if t == horizon - 1:
+                    after[s] = np.zeros((1, 1, 1, num_sessions))
+                elif not session_end:
+                    after[s] = values[s][:, config.move]
+                else:  # nu_0: the next session starts on a uniformly random free cell
+                    total = sum(prob * (values[nxt] * free[..., None]).sum(1) for prob, nxt in next_start[(session, s)])
+                    after[s] = (total / free.sum(1, keepdims=True))[:, None, None, :]
+            return after[s]
 
-                after = {a: continuation(a) for a in _subsets(alive)}
-                q_values = np.empty((len(config.move[0]), num_sets, config.num_cells, num_sessions))
-                for action in range(config.move.shape[1]):
-                    landed = config.move[:, action]
-                    goal = goal_at[:, landed]  # (C, cells)
-                    q = after[alive][:, landed].copy()
-                    p_hit = np.zeros(goal.shape)
-                    for j in np.flatnonzero(_bits(alive, num_goals)):
-                        is_j = goal == j
-                        p_hit[is_j] = posterior[j]
-                        miss = after[alive & ~(1 << j)][:, landed] if alive != 1 << j else 0.0
-                        mixed = posterior[j] * after[1 << j][:, landed] + (1 - posterior[j]) * miss
-                        q[is_j] = mixed[is_j]
-                    q[..., session] += p_hit * config.goal_reward + (1 - p_hit) * config.step_reward
-                    q_values[action] = q
-                if mode == "random":
-                    next_values[(start_id, alive)] = q_values.mean(0)
-                else:
-                    best = q_values.sum(-1).argmax(0)  # ties go to the lowest action index
-                    solution.policy[(t, start_id, alive)] = best.astype(np.int8)
-                    next_values[(start_id, alive)] = np.take_along_axis(q_values, best[None, ..., None], 0)[0]
-        values = next_values
+        new_values = {}
+        for s in states[session]:
+            posterior = posteriors[s]
+            q = np.broadcast_to(continuation(s), (num_sets, num_cells, num_actions, num_sessions)).copy()
+            p_paid = np.zeros((num_sets, num_cells, num_actions))
+            for j in np.flatnonzero(posterior > 0):
+                on_j = goal_at_landing == j
+                p_paid[on_j] = posterior[j]
+                mixed = posterior[j] * continuation(paid[(s, j)])
+                if (s, j) in unpaid:
+                    mixed = mixed + (1 - posterior[j]) * continuation(unpaid[(s, j)])
+                q[on_j] = np.broadcast_to(mixed, q.shape)[on_j]
+            q[..., session] += p_paid * config.goal_reward + (1 - p_paid) * config.step_reward
+            if mode == "random":
+                new_values[s] = q.mean(2)
+            else:
+                best = q.sum(-1).argmax(2)  # ties go to the lowest action index
+                solution.policy[(t, s)] = best.astype(np.int8)
+                new_values[s] = np.take_along_axis(q, best[..., None, None], 2)[:, :, 0]
+        values = new_values
 
-    for prob, start_id in initial:
-        at_start = values[(start_id, _support(beliefs[start_id]))]
-        per_cell = (at_start * free[..., None]).sum(1) / free.sum(1, keepdims=True)
-        solution.per_session += prob * per_cell.mean(0)
+    for prob, s in initial:
+        solution.per_session += prob * ((values[s] * free[..., None]).sum(1) / free.sum(1, keepdims=True)).mean(0)
     return solution
 
 
-@lru_cache(maxsize=16)
-def _cached_table(items: tuple) -> dict[str, dict]:
-    config = make_gridworld_config(**dict(items))
-    table = {}
-    for mode in MODES:
-        per_session = solve(config, mode).per_session
-        table[mode] = {"total": float(per_session.sum()), "per_session": per_session.tolist()}
-    return table
+def _hashable(env_kwargs: dict) -> tuple:
+    matrix = env_kwargs.get("transition_matrix")
+    if matrix is not None:
+        env_kwargs = {**env_kwargs, "transition_matrix": tuple(map(tuple, np.asarray(matrix, dtype=float).tolist()))}
+    return tuple(sorted(env_kwargs.items()))
+
+
+@lru_cache(maxsize=32)
+def _solve_cached(items: tuple, mode: str) -> Solution:
+    return solve(make_gridworld_config(**dict(items)), mode)
+
+
+def cached_solution(env_kwargs: dict, mode: str) -> Solution:
+    """:func:`solve` for the Gridworld built from ``env_kwargs``, computed once per process."""
+    return _solve_cached(_hashable(env_kwargs), mode)
 
 
 def reference_returns(**env_kwargs) -> dict[str, dict]:
@@ -216,9 +201,11 @@ def reference_returns(**env_kwargs) -> dict[str, dict]:
 
     Learning curves are drawn against ``reference_returns()["bayes"]["total"]`` (47.370 by default).
     """
-    items = tuple(sorted((k, tuple(map(tuple, v)) if k == "transition_matrix" and v is not None else v)
-                         for k, v in env_kwargs.items()))
-    return _cached_table(items)
+    table = {}
+    for mode in MODES:
+        per_session = cached_solution(env_kwargs, mode).per_session
+        table[mode] = {"total": float(per_session.sum()), "per_session": per_session.tolist()}
+    return table
 
 
 class ReferenceAgent:
@@ -232,57 +219,49 @@ class ReferenceAgent:
         if not solution.policy:
             raise ValueError(f"mode {solution.mode!r} has no greedy policy to act with")
         self.solution, self.env, self.config = solution, env, solution.config
-        self.done, _ = fixed_schedule_sessions(self.config)
-        size, goals = self.config.num_cells, self.config.num_goals
-        self._set_index = np.full((size,) * goals, -1, dtype=np.int64)
+        self.done, self.session_of = fixed_schedule_sessions(self.config)
+        self._set_index = np.full((self.config.num_cells,) * self.config.num_goals, -1, dtype=np.int64)
         self._set_index[tuple(solution.goal_sets.T)] = np.arange(len(solution.goal_sets))
-        self._onehot_ids = {int(np.argmax(b)): i for i, b in enumerate(solution.beliefs) if np.isclose(b.max(), 1.0)}
+        self._onehot_ids = {int(p.argmax()): s for s, p in enumerate(solution.posteriors) if p.max() == 1.0}
 
     def _cells(self, obs: np.ndarray) -> np.ndarray:
         cells = obs.reshape(len(obs), -1, 2).astype(np.int64)
         return cells[..., 0] * self.config.size + cells[..., 1]
 
-    def _session_start(self, candidates: list[list[tuple[float, int]]]) -> None:
-        """Pick each environment's start belief (the oracle's is the one-hot of the true latent)."""
-        for i, options in enumerate(candidates):
-            if self.solution.mode == "oracle":
-                self.start[i] = self._onehot_ids[int(self.env.latents[i])]
-            else:
-                (_, self.start[i]), = options
-            self.alive[i] = _support(self.solution.beliefs[self.start[i]])
+    def _session_start(self, options: list[list[tuple[float, int]]]) -> np.ndarray:
+        if self.solution.mode == "oracle":
+            return np.array([self._onehot_ids[m] for m in self.env.latents.tolist()])
+        return np.array([only for ((_, only),) in options])
 
     def play_episode(self, obs: np.ndarray) -> np.ndarray:
         """Play one episode from ``obs`` (just after reset); return the rewards, shape (num_envs, H)."""
-        n = len(obs)
-        cells = self._cells(obs)
-        goal_set = self._set_index[tuple(cells[:, 1:].T)]
-        self.start = np.zeros(n, dtype=np.int64)
-        self.alive = np.zeros(n, dtype=np.int64)
-        self._session_start([self.solution.initial] * n)
+        n, solution, session_of = len(obs), self.solution, self.session_of
+        goals = self._cells(obs)[:, 1:]
+        goal_set = self._set_index[tuple(goals.T)]
+        state = self._session_start([solution.initial] * n)
         rewards = np.zeros((n, self.config.horizon))
         for t in range(self.config.horizon):
             agent = self._cells(obs)[:, 0]
             actions = np.zeros(n, dtype=np.int64)
-            for start_id, alive in set(zip(self.start.tolist(), self.alive.tolist())):
-                envs = (self.start == start_id) & (self.alive == alive)
-                actions[envs] = self.solution.policy[(t, start_id, alive)][goal_set[envs], agent[envs]]
+            for s in np.unique(state):
+                envs = state == s
+                actions[envs] = solution.policy[(t, s)][goal_set[envs], agent[envs]]
             obs, reward, _, _, _ = self.env.step(actions)
             rewards[:, t] = reward
             landed = self.config.move[agent, actions]
-            for j in range(self.config.num_goals):
-                on_j = landed == cells[:, 1 + j]
-                paid = reward == self.config.goal_reward
-                self.alive[on_j & paid] = 1 << j
-                self.alive[on_j & ~paid] &= ~(1 << j)
+            for i in np.flatnonzero((landed[:, None] == goals).any(1)):
+                j = int(np.flatnonzero(goals[i] == landed[i])[0])
+                table = solution.paid if reward[i] == self.config.goal_reward else solution.unpaid
+                state[i] = table.get((state[i], j), state[i])  # a goal already ruled out teaches nothing
             if self.done[t] and t < self.config.horizon - 1:
-                self._session_start([self.solution.next_start[(s, a)] for s, a in zip(self.start, self.alive)])
+                state = self._session_start([solution.next_start[(session_of[t], s)] for s in state.tolist()])
         return rewards
 
 
-def simulate(config_kwargs: dict, mode: str, num_episodes: int, seed: int = 0, num_envs: int = 1000):
-    """Monte Carlo returns of ``mode`` in the environment: (mean per session, standard error per session)."""
-    env = GridworldVectorEnv(num_envs=num_envs, autoreset_mode="Disabled", **config_kwargs)
-    agent = None if mode == "random" else ReferenceAgent(solve(env.config, mode), env)
+def simulate(env_kwargs: dict, mode: str, num_episodes: int, seed: int = 0, num_envs: int = 1000):
+    """Play ``mode`` in the environment: (mean per session, its standard error, total of every episode)."""
+    env = GridworldVectorEnv(num_envs=num_envs, autoreset_mode="Disabled", **env_kwargs)
+    agent = None if mode == "random" else ReferenceAgent(cached_solution(env_kwargs, mode), env)
     _, session_of = fixed_schedule_sessions(env.config)
     rng = np.random.default_rng(seed)
     episodes = []
