@@ -26,6 +26,7 @@ check in the environment itself)::
 
 import itertools
 import json
+import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -297,6 +298,8 @@ class Args:
     """if > 0, also play this many episodes of each policy in the environment (Monte Carlo check)"""
     json_out: str | None = None
     """write the table to this JSON file as well"""
+    markdown_out: str | None = None
+    """write the table, with the command that made it, to this markdown file as well"""
 
 
 def main(args: Args) -> dict:
@@ -309,24 +312,37 @@ def main(args: Args) -> dict:
     table = reference_returns(**kwargs)
     num_sessions = len(table["bayes"]["per_session"])
     bayes = table["bayes"]["total"]
-    header = f"{'policy':<28}{'return':>9}{'of Bayes':>10}" + "".join(f"{f'session {s}':>11}" for s in range(num_sessions))
+    columns = ["policy", "return", "of Bayes-optimal"] + [f"session {s}" for s in range(num_sessions)]
     if args.simulate:
-        header += f"{'simulated':>20}"
-    print(f"Gridworld {args.size}x{args.size}, {args.num_goals} goals, fixed sessions of {args.session_length}, H={args.horizon}")
-    print(header)
+        columns.append(f"simulated, {args.simulate} episodes")
+    rows = []
     for mode in MODES:
         row = table[mode]
-        line = f"{MODE_LABELS[mode]:<28}{row['total']:>9.3f}{row['total'] / bayes:>10.1%}"
-        line += "".join(f"{v:>11.3f}" for v in row["per_session"])
+        cells = [MODE_LABELS[mode], f"{row['total']:.3f}", f"{row['total'] / bayes:.1%}"]
+        cells += [f"{v:.3f}" for v in row["per_session"]]
         if args.simulate:
             _, _, totals = simulate(kwargs, mode, args.simulate)
-            row["simulated"] = {"mean": float(totals.mean()), "stderr": float(totals.std(ddof=1) / np.sqrt(len(totals))),
-                                "episodes": args.simulate}
-            line += f"{totals.mean():>12.3f} ± {row['simulated']['stderr']:.3f}"
-        print(line)
+            stderr = float(totals.std(ddof=1) / np.sqrt(len(totals)))
+            row["simulated"] = {"mean": float(totals.mean()), "stderr": stderr, "episodes": args.simulate}
+            cells.append(f"{totals.mean():.3f} ± {stderr:.3f}")
+        rows.append(cells)
+
+    title = (f"Gridworld {args.size}x{args.size}, {args.num_goals} goals, T = {np.round(cached_solution(kwargs, 'bayes').config.transition_matrix, 4).tolist()}, "
+             f"fixed sessions of {args.session_length}, H = {args.horizon}, rewards {args.goal_reward:g} / {args.step_reward:g}")
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    print(title)
+    for cells in [columns] + rows:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))))
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"env_kwargs": kwargs, "returns": table}, f, indent=2)
+    if args.markdown_out:
+        command = "python -m envs.gridworld_reference " + " ".join(sys.argv[1:])
+        lines = ["# Gridworld reference returns", "", f"Command: `{command.strip()}`", "", title, "",
+                 "| " + " | ".join(columns) + " |", "| --- " + "| ---: " * (len(columns) - 1) + "|"]
+        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+        with open(args.markdown_out, "w") as f:
+            f.write("\n".join(lines) + "\n")
     return table
 
 

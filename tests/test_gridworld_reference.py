@@ -137,8 +137,11 @@ def test_only_the_fixed_schedule_has_an_exact_reference():
 
 
 def test_command_prints_the_table(capsys, tmp_path):
-    out = tmp_path / "table.json"
-    main(Args(size=3, session_length=3, horizon=6, transition_matrix=(0.5, 0.5, 0.1, 0.9), json_out=str(out)))
+    json_out, markdown_out = tmp_path / "table.json", tmp_path / "table.md"
+    table = main(Args(size=3, session_length=3, horizon=6, transition_matrix=(0.5, 0.5, 0.1, 0.9),
+                      simulate=2000, json_out=str(json_out), markdown_out=str(markdown_out)))
     printed = capsys.readouterr().out
-    assert "Bayes-optimal" in printed and "session 1" in printed
-    assert out.exists() and '"bayes"' in out.read_text()
+    assert "Bayes-optimal" in printed and "session 1" in printed and "[[0.5, 0.5], [0.1, 0.9]]" in printed
+    assert '"bayes"' in json_out.read_text() and "| Bayes-optimal |" in markdown_out.read_text()
+    simulated = table["bayes"]["simulated"]
+    assert abs(simulated["mean"] - table["bayes"]["total"]) < 4 * simulated["stderr"]
