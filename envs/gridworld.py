@@ -174,6 +174,8 @@ class GridworldEnv(gym.Env):
     def step(self, action):
         if self._plan is None or self._t >= self.config.horizon:
             raise RuntimeError("the episode is over (truncated at the horizon): call reset()")
+        if not 0 <= int(action) < len(ACTION_NAMES):
+            raise ValueError(f"action must be an integer in [0, {len(ACTION_NAMES)}) {ACTION_NAMES}, got {action!r}")
         plan = self._plan
         next_cell = int(self.config.move[self._cell, int(action)])
         paying_goal = plan.goals[plan.latents[self._session]]
@@ -295,8 +297,10 @@ class GridworldVectorEnv(VectorEnv):
 
     def step(self, actions):
         actions = np.asarray(actions)
-        if actions.shape != (self.num_envs,):
-            raise ValueError(f"actions must have shape ({self.num_envs},), got {actions.shape}")
+        if actions.shape != (self.num_envs,) or not np.issubdtype(actions.dtype, np.integer):
+            raise ValueError(f"actions must be integers of shape ({self.num_envs},), got {actions.dtype} {actions.shape}")
+        if actions.min() < 0 or actions.max() >= len(ACTION_NAMES):
+            raise ValueError(f"actions must be in [0, {len(ACTION_NAMES)}) {ACTION_NAMES}, got {np.unique(actions).tolist()}")
         if not self._started.all():
             raise RuntimeError("call reset() before step()")
         n = self.num_envs

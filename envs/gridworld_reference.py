@@ -232,7 +232,7 @@ class ReferenceAgent:
     def _session_start(self, options: list[list[tuple[float, int]]]) -> np.ndarray:
         if self.solution.mode == "oracle":
             return np.array([self._onehot_ids[m] for m in self.env.latents.tolist()])
-        return np.array([only for ((_, only),) in options])
+        return np.array([start[0][1] for start in options])  # a single start each
 
     def play_episode(self, obs: np.ndarray) -> np.ndarray:
         """Play one episode from ``obs`` (just after reset); return the rewards, shape (num_envs, H)."""

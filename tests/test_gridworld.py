@@ -235,6 +235,18 @@ def test_keep_task_keeps_goals_and_continues_the_latent_dynamics():
         GridworldEnv().reset(options={"keep_task": True})
 
 
+def test_invalid_actions_are_rejected():
+    env = GridworldEnv()
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="action"):
+        env.step(5)
+    batched = GridworldVectorEnv(num_envs=3)
+    batched.reset(seed=0)
+    for bad in (np.array([0, 1, 5]), np.array([0, -1, 2]), np.zeros(2, dtype=np.int64), np.zeros(3)):
+        with pytest.raises(ValueError, match="actions"):
+            batched.step(bad)
+
+
 def test_stepping_past_the_horizon_is_an_error():
     env = GridworldEnv(horizon=3)
     env.reset(seed=0)
