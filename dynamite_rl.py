@@ -1,0 +1,740 @@
+# DynaMITE-RL: Liang et al., "DynaMITE-RL: A Dynamic Model for Improved Temporal Meta-Reinforcement Learning",
+# NeurIPS 2024. VariBAD's recurrent posterior plus three changes for latent contexts that move between sessions:
+#   1. consistency: within a session the KL to the session's final belief may only shrink  (--consistency)
+#   2. latent belief conditioning: the posterior sees the previous session's final belief, and a
+#      learned latent-dynamics prior p(m' | m) is the KL target at a session's start    (--conditioning)
+#   3. session reconstruction: a belief decodes only the transitions of its own session (--session-recon)
+# Run `python dynamite_rl.py --help` for every flag; `python dynamite_rl.py --no-consistency` is an ablation.
+import json
+import os
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.optim as optim
+import tyro
+from torch.distributions.categorical import Categorical
+from torch.utils.tensorboard import SummaryWriter
+
+import envs
+
+
+@dataclass
+class Args:
+    # Experiment
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda is used when it is available"""
+    num_threads: int = 1
+    """torch CPU threads (one per run lets two seeds share a 2-core machine)"""
+    track: bool = False
+    """if toggled, the run is tracked with Weights and Biases (WANDB_MODE=offline works)"""
+    wandb_project_name: str = "dynamite-rl"
+    """the wandb project; every algorithm of this library logs to the same one"""
+    wandb_entity: str | None = None
+    """the entity (team) of the wandb project"""
+    wandb_group: str | None = None
+    """the wandb group, e.g. one per comparison"""
+    capture_video: bool = False
+    """if toggled, records a video of one evaluation episode into the run folder"""
+    save_model: bool = False
+    """if toggled, writes a checkpoint to the run folder at every evaluation, at the end and on Ctrl-C"""
+    resume: str | None = None
+    """path of a checkpoint to continue from (its run folder is reused)"""
+    eval_every: int = 25
+    """evaluate every this many iterations (and at the end); 0 evaluates only at the end"""
+    eval_episodes: int = 2000
+    """number of episodes of each evaluation"""
+    log_every: int = 10
+    """print a progress line every this many iterations"""
+
+    # Environment
+    env_id: str = "dynamite/Gridworld-v0"
+    """the id of the environment"""
+    env_kwargs: str = "{}"
+    """constructor arguments of the environment as JSON, e.g. '{"size": 7, "num_goals": 3}'"""
+    total_timesteps: int = 3_000_000
+    """total environment steps of the experiment"""
+    num_envs: int = 256
+    """number of environments stepped in lock-step; each iteration collects one whole episode of each"""
+
+    # Algorithm: PPO on the belief-augmented state
+    learning_rate: float = 1e-3
+    """learning rate of the policy and critic optimizer"""
+    anneal_lr: bool = True
+    """anneal the policy learning rate linearly to 10% of its value"""
+    gamma: float = 0.99
+    """the discount factor"""
+    gae_lambda: float = 0.95
+    """the lambda of generalized advantage estimation"""
+    num_minibatches: int = 4
+    """the number of PPO minibatches (the batch is split by environment)"""
+    update_epochs: int = 4
+    """the number of PPO epochs per iteration"""
+    norm_adv: bool = True
+    """normalize advantages per minibatch"""
+    clip_coef: float = 0.2
+    """the PPO clipping coefficient"""
+    clip_vloss: bool = True
+    """clip the value loss as in the PPO paper's implementation"""
+    ent_coef: float = 0.01
+    """entropy bonus coefficient, annealed linearly to 0"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for gradient clipping (policy and VAE)"""
+    policy_hidden: int = 128
+    """width of the two hidden layers of the actor and of the critic"""
+
+    # Algorithm: the variational posterior (VAE)
+    latent_dim: int = 5
+    """dimension of the latent context m"""
+    embed_dim: int = 8
+    """size of the state, action and reward embeddings"""
+    encoder_hidden: int = 64
+    """width of the two layers between the embeddings and the GRU"""
+    gru_hidden: int = 128
+    """size of the GRU hidden state"""
+    decoder_hidden: int = 32
+    """width of the two hidden layers of the decoders"""
+    vae_learning_rate: float = 1e-3
+    """learning rate of the VAE optimizer"""
+    vae_updates: int = 1
+    """VAE gradient steps per iteration, each on the whole batch of episodes"""
+    kl_weight: float = 0.1
+    """weight of the KL term of the ELBO"""
+    consistency_weight: float = 0.5
+    """beta: weight of the consistency loss"""
+    termination_weight: float = 1.0
+    """weight of the session-termination cross-entropy"""
+    decode_beliefs: int = 15
+    """beliefs per episode whose reconstruction is evaluated at each VAE step (sampled, all steps if >= H)"""
+    state_decoder: bool = False
+    """also reconstruct next states (for environments whose dynamics change with the latent)"""
+
+    # Ablations: the three DynaMITE-RL components and the session-termination source
+    consistency: bool = True
+    """the within-session consistency loss"""
+    conditioning: bool = True
+    """condition the posterior on the previous session's belief, with a learned latent-dynamics prior"""
+    session_recon: bool = True
+    """reconstruct only the current session (off: the whole trajectory, as VariBAD)"""
+    oracle_sessions: bool = False
+    """at rollout time use the true session terminations instead of the termination head"""
+
+    # Filled in at runtime
+    horizon: int = 0
+    """episode length H (from the environment)"""
+    batch_size: int = 0
+    """environment steps per iteration"""
+    num_iterations: int = 0
+    """the number of iterations"""
+
+
+def make_envs(env_id: str, num_envs: int, env_kwargs: dict) -> gym.vector.VectorEnv:
+    """Lock-step environments without autoreset: every iteration resets them and plays whole episodes."""
+    spec = gym.spec(env_id)
+    if spec.vector_entry_point is not None:
+        return gym.make_vec(env_id, num_envs=num_envs, autoreset_mode="Disabled", **env_kwargs)
+    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.DISABLED}, **env_kwargs)
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, out_std: float = np.sqrt(2)) -> nn.Sequential:
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden)), nn.ReLU(),
+        layer_init(nn.Linear(hidden, hidden)), nn.ReLU(),
+        layer_init(nn.Linear(hidden, out_dim), std=out_std),
+    )
+
+
+# ALGO LOGIC: networks
+class Encoder(nn.Module):
+    """q(m | tau_{:t}, previous session's belief): embeddings -> 2 FC -> GRU -> Gaussian belief + termination."""
+
+    def __init__(self, obs_dim: int, num_actions: int, args: Args):
+        super().__init__()
+        self.state_embed = nn.Sequential(nn.Linear(obs_dim, args.embed_dim), nn.ReLU())
+        self.action_embed = nn.Sequential(nn.Linear(num_actions, args.embed_dim), nn.ReLU())
+        self.reward_embed = nn.Sequential(nn.Linear(1, args.embed_dim), nn.ReLU())
+        belief_input = 2 * args.latent_dim if args.conditioning else 0
+        self.fc = nn.Sequential(
+            nn.Linear(3 * args.embed_dim + belief_input, args.encoder_hidden), nn.ReLU(),
+            nn.Linear(args.encoder_hidden, args.encoder_hidden), nn.ReLU(),
+        )
+        self.gru = nn.GRUCell(args.encoder_hidden, args.gru_hidden)
+        self.belief_mean = nn.Linear(args.gru_hidden, args.latent_dim)
+        self.belief_logvar = nn.Linear(args.gru_hidden, args.latent_dim)
+        self.termination = nn.Linear(args.gru_hidden, 1)
+        self.conditioning = args.conditioning
+
+    def forward(self, hidden, prev_action, reward, obs, prev_session_belief):
+        """One step: input (a_{t-1}, r_t, s_t); the termination logit predicts d_t, "this step ends the session"."""
+        parts = [self.action_embed(prev_action), self.reward_embed(reward), self.state_embed(obs)]
+        if self.conditioning:
+            parts.append(prev_session_belief)
+        hidden = self.gru(self.fc(torch.cat(parts, -1)), hidden)
+        return hidden, self.belief_mean(hidden), self.belief_logvar(hidden), self.termination(hidden).squeeze(-1)
+
+
+class LatentDynamicsPrior(nn.Module):
+    """p(m' | m): the previous session's final belief (mean, logvar) -> Gaussian over the next latent."""
+
+    def __init__(self, args: Args):
+        super().__init__()
+        self.net = mlp(2 * args.latent_dim, args.decoder_hidden, 2 * args.latent_dim, out_std=0.01)
+
+    def forward(self, prev_session_belief):
+        mean, logvar = self.net(prev_session_belief).chunk(2, -1)
+        return mean, logvar
+
+
+class Decoder(nn.Module):
+    """p(r_{t+1} | s_t, a_t, m) and optionally p(s_{t+1} | s_t, a_t, m), Gaussian with unit variance (MSE)."""
+
+    def __init__(self, obs_dim: int, num_actions: int, args: Args):
+        super().__init__()
+        self.state_embed = nn.Sequential(nn.Linear(obs_dim, args.embed_dim), nn.ReLU())
+        self.action_embed = nn.Sequential(nn.Linear(num_actions, args.embed_dim), nn.ReLU())
+        in_dim = 2 * args.embed_dim + args.latent_dim
+        self.reward = mlp(in_dim, args.decoder_hidden, 1, out_std=1.0)
+        self.next_state = mlp(in_dim, args.decoder_hidden, obs_dim, out_std=1.0) if args.state_decoder else None
+
+    def forward(self, latent, obs, action):
+        inputs = torch.cat([self.state_embed(obs), self.action_embed(action), latent], -1)
+        next_state = self.next_state(inputs) if self.next_state is not None else None
+        return self.reward(inputs).squeeze(-1), next_state
+
+
+class Agent(nn.Module):
+    """Actor and critic on (s, belief mean, belief logvar); the belief is detached from the encoder."""
+
+    def __init__(self, obs_dim: int, num_actions: int, args: Args):
+        super().__init__()
+        in_dim = obs_dim + 2 * args.latent_dim
+        self.critic = mlp(in_dim, args.policy_hidden, 1, out_std=1.0)
+        self.actor = mlp(in_dim, args.policy_hidden, num_actions, out_std=0.01)
+
+    def get_value(self, x):
+        return self.critic(x).squeeze(-1)
+
+    def get_action_and_value(self, x, action=None, deterministic=False):
+        logits = self.actor(x)
+        probs = Categorical(logits=logits)
+        if action is None:
+            action = logits.argmax(-1) if deterministic else probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), self.get_value(x)
+
+
+# ALGO LOGIC: the objective, one function per term
+def gaussian_kl(mean_q, logvar_q, mean_p, logvar_p):
+    """KL(N(mean_q, exp(logvar_q)) || N(mean_p, exp(logvar_p))) of diagonal Gaussians, summed over the last dim."""
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mean_q - mean_p) ** 2) / logvar_p.exp() - 1).sum(-1)
+
+
+def session_index(session_done):
+    """(H, B) index of the session each step belongs to; session_done[t] marks the last step of a session."""
+    return torch.cumsum(session_done.long(), 0) - session_done.long()
+
+
+def reconstruction_mask(session_done, session_recon: bool):
+    """(H beliefs, H targets, B): which transitions the belief at each step reconstructs."""
+    sessions = session_index(session_done)
+    if not session_recon:
+        return torch.ones(sessions.shape[0], *sessions.shape, dtype=torch.bool, device=sessions.device)
+    return sessions[:, None, :] == sessions[None, :, :]
+
+
+def session_final_index(session_done):
+    """(H, B) the step at which each step's session ends (its final belief)."""
+    horizon = session_done.shape[0]
+    steps = torch.arange(horizon, device=session_done.device)[:, None].expand_as(session_done)
+    ends = torch.where(session_done.bool(), steps, torch.full_like(steps, horizon - 1))
+    return torch.flip(torch.cummin(torch.flip(ends, [0]), 0).values, [0])
+
+
+def kl_loss(means, logvars, session_done, session_start_prior):
+    """Mean over steps of KL(q_t || target_t): q_{t-1} inside a session, the session-start prior at its start.
+
+    ``session_start_prior`` is (mean, logvar) of shape (H, B, D), used where t starts a session.
+    """
+    starts = torch.ones_like(session_done, dtype=torch.bool)
+    starts[1:] = session_done[:-1].bool()
+    prev_mean = torch.cat([means[:1], means[:-1]])
+    prev_logvar = torch.cat([logvars[:1], logvars[:-1]])
+    target_mean = torch.where(starts[..., None], session_start_prior[0], prev_mean)
+    target_logvar = torch.where(starts[..., None], session_start_prior[1], prev_logvar)
+    return gaussian_kl(means, logvars, target_mean, target_logvar).mean()
+
+
+def consistency_loss(means, logvars, session_done):
+    """Mean over consecutive same-session steps of max(delta_{t+1} - delta_t, 0),
+    delta_t = KL(q_t || stopgrad(q_final of t's session))."""
+    final = session_final_index(session_done)
+    final_mean = torch.gather(means, 0, final[..., None].expand_as(means)).detach()
+    final_logvar = torch.gather(logvars, 0, final[..., None].expand_as(logvars)).detach()
+    delta = gaussian_kl(means, logvars, final_mean, final_logvar)
+    same_session = ~session_done[:-1].bool()
+    increase = F.relu(delta[1:] - delta[:-1])
+    return (increase * same_session).sum() / same_session.sum().clamp(min=1)
+
+
+def termination_loss(termination_logits, session_done):
+    """Binary cross-entropy of the termination head against the true session ends."""
+    return F.binary_cross_entropy_with_logits(termination_logits, session_done.float())
+
+
+def reconstruction_loss(decoder, means, logvars, obs, actions, rewards, next_obs, session_done, mask, belief_steps):
+    """Mean squared error of the decoded rewards (and next states) over the (belief, target) pairs in ``mask``,
+    for the beliefs at ``belief_steps``; each belief is a reparameterised sample m ~ q_t."""
+    mean, logvar = means[belief_steps], logvars[belief_steps]  # (K, B, D)
+    latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+    horizon, k = obs.shape[0], len(belief_steps)
+    latent = latent[:, None].expand(k, horizon, *latent.shape[1:])  # (K, H, B, D)
+    expand = lambda x: x[None].expand(k, *x.shape)  # noqa: E731
+    predicted_reward, predicted_state = decoder(latent, expand(obs), expand(actions))
+    pair_mask = mask[belief_steps].float()  # (K, H, B)
+    loss = ((predicted_reward - rewards[None]) ** 2 * pair_mask).sum() / pair_mask.sum()
+    if predicted_state is not None:  # a session's last transition lands in a reset state: not dynamics
+        state_mask = pair_mask * (1 - session_done.float())[None]
+        state_error = ((predicted_state - next_obs[None]) ** 2).sum(-1)
+        loss = loss + (state_error * state_mask).sum() / state_mask.sum().clamp(min=1)
+    return loss
+
+
+def compute_gae(rewards, values, next_values, episode_ends, gamma: float, gae_lambda: float):
+    """Advantages and returns, (H, B). ``next_values[t]`` bootstraps step t (0 after a termination, V(final
+    obs) after a truncation that is not the task's end); ``episode_ends[t]`` stops the recursion after t."""
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * next_values[t] - values[t]
+        last = delta + gamma * gae_lambda * (1 - episode_ends[t].float()) * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+# ALGO LOGIC: encoding a batch of episodes step by step, shared by rollouts, training and evaluation
+class BeliefState:
+    """What the encoder carries from step to step: GRU state, last action and reward, previous session's belief."""
+
+    def __init__(self, num_envs: int, num_actions: int, args: Args, device):
+        self.hidden = torch.zeros(num_envs, args.gru_hidden, device=device)
+        self.prev_action = torch.zeros(num_envs, num_actions, device=device)
+        self.reward = torch.zeros(num_envs, 1, device=device)
+        self.prev_session_belief = torch.zeros(num_envs, 2 * args.latent_dim, device=device)
+
+    def encode(self, encoder: Encoder, obs):
+        self.hidden, mean, logvar, termination_logit = encoder(
+            self.hidden, self.prev_action, self.reward, obs, self.prev_session_belief
+        )
+        return mean, logvar, termination_logit
+
+    def observe(self, action_onehot, reward, mean, logvar, session_end):
+        """After the step: a session end makes this step's belief the one the next session conditions on."""
+        self.prev_action, self.reward = action_onehot, reward[:, None]
+        belief = torch.cat([mean, logvar], -1).detach()
+        self.prev_session_belief = torch.where(session_end[:, None], belief, self.prev_session_belief)
+
+
+def encode_episodes(encoder, obs, actions_onehot, rewards, session_done, args, device):
+    """Teacher-forced pass over whole episodes (H, B, ...): true session ends drive the conditioning."""
+    horizon, num_envs = rewards.shape
+    state = BeliefState(num_envs, actions_onehot.shape[-1], args, device)
+    means, logvars, logits, prev_session_beliefs = [], [], [], []
+    for t in range(horizon):
+        prev_session_beliefs.append(state.prev_session_belief)
+        mean, logvar, logit = state.encode(encoder, obs[t])
+        state.observe(actions_onehot[t], rewards[t], mean, logvar, session_done[t].bool())
+        means.append(mean), logvars.append(logvar), logits.append(logit)
+    return torch.stack(means), torch.stack(logvars), torch.stack(logits), torch.stack(prev_session_beliefs)
+
+
+def session_start_prior(prior_net, prev_session_beliefs, session_done, args):
+    """(mean, logvar) the KL uses where a session starts: N(0, I) in the first session, and in later ones
+    the latent-dynamics prior p(m' | previous session's belief) when conditioning, N(0, I) otherwise."""
+    zeros = torch.zeros(*session_done.shape, args.latent_dim, device=session_done.device)
+    if not args.conditioning:
+        return zeros, zeros
+    mean, logvar = prior_net(prev_session_beliefs)
+    later = (session_index(session_done) > 0)[..., None]
+    return torch.where(later, mean, zeros), torch.where(later, logvar, zeros)
+
+
+def vae_loss(encoder, decoder, prior_net, batch, args, device, generator=None):
+    """The DynaMITE-RL objective (paper eq. 6) on a batch of episodes; returns (loss, dict of terms)."""
+    obs, actions_onehot, rewards, next_obs, session_done = batch
+    means, logvars, logits, prev_beliefs = encode_episodes(encoder, obs, actions_onehot, rewards, session_done, args, device)
+    horizon = rewards.shape[0]
+    if args.decode_beliefs >= horizon:
+        belief_steps = torch.arange(horizon, device=device)
+    else:
+        belief_steps = torch.randperm(horizon, generator=generator)[: args.decode_beliefs].to(device)
+    mask = reconstruction_mask(session_done, args.session_recon)
+    terms = {
+        "reconstruction": reconstruction_loss(decoder, means, logvars, obs, actions_onehot, rewards, next_obs,
+                                              session_done, mask, belief_steps),
+        "kl": kl_loss(means, logvars, session_done, session_start_prior(prior_net, prev_beliefs, session_done, args)),
+        "termination": termination_loss(logits, session_done),
+    }
+    loss = terms["reconstruction"] + args.kl_weight * terms["kl"] + args.termination_weight * terms["termination"]
+    if args.consistency:
+        terms["consistency"] = consistency_loss(means, logvars, session_done)
+        loss = loss + args.consistency_weight * terms["consistency"]
+    return loss, terms
+
+
+# TRY NOT TO MODIFY: evaluation, the same protocol for every algorithm of this library
+@torch.no_grad()
+def evaluate(encoder, agent, args, env_kwargs, device, num_episodes: int, consecutive: int = 5, seed: int = 0):
+    """Greedy returns: mean and per session over ``num_episodes`` episodes, then ``consecutive`` episodes back to
+    back in the same task (goals kept, the latent's dynamics, the GRU state and the beliefs carried on)."""
+    eval_envs = make_envs(args.env_id, num_episodes, env_kwargs)
+    num_actions = eval_envs.single_action_space.n
+    state = BeliefState(num_episodes, num_actions, args, device)
+    obs, _ = eval_envs.reset(seed=seed)
+    episode_returns = []
+    for episode in range(consecutive):
+        if episode > 0:
+            obs, _ = eval_envs.reset(options={"keep_task": True})
+        total = np.zeros(num_episodes)
+        session_returns = np.zeros((num_episodes, args.horizon))
+        num_sessions = 0
+        for t in range(args.horizon):
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+            mean, logvar, termination_logit = state.encode(encoder, obs_t)
+            action, _, _, _ = agent.get_action_and_value(torch.cat([obs_t, mean, logvar], -1), deterministic=True)
+            obs, reward, _, _, info = eval_envs.step(action.cpu().numpy())
+            total += reward
+            session_returns[np.arange(num_episodes), info["session"]] += reward
+            num_sessions = max(num_sessions, int(info["session"].max()) + 1)
+            session_end = session_end_signal(info, termination_logit, args, device)
+            state.observe(F.one_hot(action, num_actions).float(), torch.as_tensor(reward, dtype=torch.float32, device=device),
+                          mean, logvar, session_end)
+        episode_returns.append(float(total.mean()))
+        if episode == 0:
+            first_return, per_session = total, session_returns[:, :num_sessions].mean(0).tolist()
+    eval_envs.close()
+    return {
+        "return": float(first_return.mean()),
+        "return_std": float(first_return.std()),
+        "return_per_session": per_session,
+        "consecutive_episode_returns": episode_returns,
+        "episodes": num_episodes,
+    }
+
+
+def session_end_signal(info, termination_logit, args, device):
+    """Where the agent marks a session end at rollout time: the true one with --oracle-sessions, else the head."""
+    if args.oracle_sessions:
+        return torch.as_tensor(info["session_done"], device=device)
+    return torch.sigmoid(termination_logit) > 0.5
+
+
+def bayes_optimal_return(env_id: str, env_kwargs: dict) -> float | None:
+    """The exact Bayes-optimal return where the library has it (Gridworld with a fixed schedule), else None."""
+    if env_id != "dynamite/Gridworld-v0" or env_kwargs.get("schedule", "fixed") != "fixed":
+        return None
+    from envs.gridworld_reference import cached_solution
+
+    return cached_solution(env_kwargs, "bayes").total
+
+
+def check_args(args: Args) -> dict:
+    """Fail before training, with one clear line, on settings that cannot work."""
+    known = sorted(env_id for env_id in gym.registry if env_id.startswith("dynamite/"))
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"error: unknown --env-id {args.env_id!r}; known environments: {', '.join(known)}")
+    try:
+        env_kwargs = json.loads(args.env_kwargs)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"error: --env-kwargs is not valid JSON ({error}): {args.env_kwargs!r}") from None
+    if not isinstance(env_kwargs, dict):
+        raise SystemExit(f"error: --env-kwargs must be a JSON object, got {args.env_kwargs!r}")
+    if args.num_envs % args.num_minibatches != 0:
+        raise SystemExit(f"error: --num-envs {args.num_envs} must be divisible by --num-minibatches {args.num_minibatches} "
+                         "(minibatches are split by environment)")
+    for name in ("num_envs", "total_timesteps", "num_minibatches", "update_epochs", "latent_dim", "eval_episodes"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    return env_kwargs
+
+
+def save_checkpoint(path: str, modules: dict, optimizers: dict, args: Args, global_step: int, iteration: int, envs_) -> None:
+    """Everything needed to continue the run exactly, written atomically (a crash never leaves half a file)."""
+    checkpoint = {
+        "modules": {name: module.state_dict() for name, module in modules.items()},
+        "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+        "args": asdict(args),
+        "global_step": global_step,
+        "iteration": iteration,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "envs": [rng.bit_generator.state for rng in envs_.unwrapped._rngs]},
+    }
+    tmp = f"{path}.tmp"
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    resume = None
+    if args.resume:
+        if not os.path.isfile(args.resume):
+            raise SystemExit(f"error: --resume {args.resume!r}: no such checkpoint file")
+        resume = torch.load(args.resume, weights_only=False)
+        total_timesteps, eval_every = args.total_timesteps, args.eval_every
+        args = Args(**{**resume["args"], "resume": args.resume, "total_timesteps": total_timesteps, "eval_every": eval_every})
+    env_kwargs = check_args(args)
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.num_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # env setup
+    try:
+        envs_ = make_envs(args.env_id, args.num_envs, env_kwargs)
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"error: cannot make {args.env_id} with --env-kwargs {args.env_kwargs}: {error}") from None
+    if not isinstance(envs_.single_action_space, gym.spaces.Discrete):
+        raise SystemExit(f"error: {args.env_id} has {envs_.single_action_space}; dynamite_rl.py handles Discrete actions")
+    obs_dim = int(np.prod(envs_.single_observation_space.shape))
+    num_actions = int(envs_.single_action_space.n)
+    args.horizon = envs_.unwrapped.config.horizon
+    args.batch_size = args.num_envs * args.horizon
+    args.num_iterations = max(1, args.total_timesteps // args.batch_size)
+    bayes_return = bayes_optimal_return(args.env_id, env_kwargs)
+
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else os.path.join("runs", run_name)
+    run_name = os.path.basename(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, group=args.wandb_group,
+                   sync_tensorboard=True, config=vars(args), name=run_name, dir=run_dir, save_code=True)
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    encoder = Encoder(obs_dim, num_actions, args).to(device)
+    decoder = Decoder(obs_dim, num_actions, args).to(device)
+    prior_net = LatentDynamicsPrior(args).to(device)
+    agent = Agent(obs_dim, num_actions, args).to(device)
+    vae_optimizer = optim.Adam([*encoder.parameters(), *decoder.parameters(), *prior_net.parameters()],
+                               lr=args.vae_learning_rate)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    modules = {"encoder": encoder, "decoder": decoder, "prior": prior_net, "agent": agent}
+    optimizers = {"vae": vae_optimizer, "policy": optimizer}
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    eval_path = os.path.join(run_dir, "eval.json")
+
+    global_step, start_iteration, evaluations = 0, 1, []
+    if resume is not None:
+        for name, module in modules.items():
+            module.load_state_dict(resume["modules"][name])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(resume["optimizers"][name])
+        global_step, start_iteration = resume["global_step"], resume["iteration"] + 1
+        torch.set_rng_state(resume["rng"]["torch"])
+        np.random.set_state(resume["rng"]["numpy"])
+        random.setstate(resume["rng"]["python"])
+        envs_.reset(seed=args.seed)  # creates the generators, whose states are then restored
+        for rng, state in zip(envs_.unwrapped._rngs, resume["rng"]["envs"]):
+            rng.bit_generator.state = state
+        if os.path.exists(eval_path):
+            evaluations = json.load(open(eval_path))["evaluations"]
+        print(f"resumed {run_dir} at iteration {start_iteration}, step {global_step}")
+    else:
+        envs_.reset(seed=args.seed)
+
+    # ALGO LOGIC: storage for one iteration of whole episodes, (H, num_envs, ...)
+    obs = torch.zeros((args.horizon, args.num_envs, obs_dim), device=device)
+    next_obs_buf = torch.zeros((args.horizon, args.num_envs, obs_dim), device=device)
+    actions = torch.zeros((args.horizon, args.num_envs), dtype=torch.long, device=device)
+    logprobs = torch.zeros((args.horizon, args.num_envs), device=device)
+    rewards = torch.zeros((args.horizon, args.num_envs), device=device)
+    values = torch.zeros((args.horizon, args.num_envs), device=device)
+    session_done = torch.zeros((args.horizon, args.num_envs), dtype=torch.bool, device=device)
+    policy_inputs = torch.zeros((args.horizon, args.num_envs, obs_dim + 2 * args.latent_dim), device=device)
+
+    def write_eval(iteration: int) -> dict:
+        result = evaluate(encoder, agent, args, env_kwargs, device, args.eval_episodes, seed=args.seed + 1_000_000)
+        result.update(iteration=iteration, global_step=global_step, wall_time=time.time() - start_time + elapsed_before)
+        if bayes_return is not None:
+            result["fraction_of_bayes_optimal"] = result["return"] / bayes_return
+        evaluations.append(result)
+        writer.add_scalar("eval/return", result["return"], global_step)
+        for s, value in enumerate(result["return_per_session"]):
+            writer.add_scalar(f"eval/return_per_session/{s}", value, global_step)
+        for e, value in enumerate(result["consecutive_episode_returns"]):
+            writer.add_scalar(f"eval/consecutive_episode_return/{e}", value, global_step)
+        tmp = f"{eval_path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"args": vars(args), "bayes_optimal_return": bayes_return, "evaluations": evaluations}, f, indent=1)
+        os.replace(tmp, eval_path)
+        sessions = " ".join(f"{v:.2f}" for v in result["return_per_session"])
+        print(f"eval  iter {iteration}: return {result['return']:.2f} ± {result['return_std']:.2f}"
+              + (f" ({result['return'] / bayes_return:.1%} of Bayes-optimal)" if bayes_return else "")
+              + f" | per session {sessions} | 5 episodes {' '.join(f'{v:.1f}' for v in result['consecutive_episode_returns'])}")
+        return result
+
+    # TRY NOT TO MODIFY: a first Ctrl-C finishes the iteration, saves a checkpoint and stops; a second aborts
+    stop_requested = []
+
+    def request_stop(signum, frame):
+        if stop_requested:
+            raise KeyboardInterrupt
+        stop_requested.append(signum)
+        print("\nstopping after this iteration" + (" and saving a checkpoint" if args.save_model else
+              " (no checkpoint: run with --save-model to keep it)") + "; Ctrl-C again aborts", flush=True)
+
+    signal.signal(signal.SIGINT, request_stop)
+    start_time = time.time()
+    elapsed_before = evaluations[-1]["wall_time"] if evaluations else 0.0
+    timing = {"rollout": 0.0, "vae": 0.0, "ppo": 0.0}
+    for iteration in range(start_iteration, args.num_iterations + 1):
+        progress = (iteration - 1.0) / args.num_iterations
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - 0.9 * progress)
+        ent_coef = args.ent_coef * (1.0 - progress)
+
+        # ALGO LOGIC: rollout of one whole episode in every environment
+        tick = time.time()
+        next_obs, _ = envs_.reset()
+        state = BeliefState(args.num_envs, num_actions, args, device)
+        with torch.no_grad():
+            for t in range(args.horizon):
+                obs[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
+                mean, logvar, termination_logit = state.encode(encoder, obs[t])
+                policy_inputs[t] = torch.cat([obs[t], mean, logvar], -1)
+                action, logprob, _, value = agent.get_action_and_value(policy_inputs[t])
+                actions[t], logprobs[t], values[t] = action, logprob, value
+                next_obs, reward, _, _, info = envs_.step(action.cpu().numpy())
+                rewards[t] = torch.as_tensor(reward, dtype=torch.float32, device=device)
+                session_done[t] = torch.as_tensor(info["session_done"], device=device)
+                next_obs_buf[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
+                state.observe(F.one_hot(action, num_actions).float(), rewards[t], mean, logvar,
+                              session_end_signal(info, termination_logit, args, device))
+        global_step += args.batch_size
+        episode_returns = rewards.sum(0)
+        writer.add_scalar("charts/episodic_return", episode_returns.mean().item(), global_step)
+        writer.add_scalar("charts/episodic_length", args.horizon, global_step)
+        timing["rollout"] += time.time() - tick
+
+        # ALGO LOGIC: VAE update with the true session ends (training-time teacher forcing)
+        tick = time.time()
+        actions_onehot = F.one_hot(actions, num_actions).float()
+        for _ in range(args.vae_updates):
+            loss, terms = vae_loss(encoder, decoder, prior_net,
+                                   (obs, actions_onehot, rewards, next_obs_buf, session_done), args, device)
+            vae_optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_([p for g in vae_optimizer.param_groups for p in g["params"]], args.max_grad_norm)
+            vae_optimizer.step()
+        timing["vae"] += time.time() - tick
+
+        # ALGO LOGIC: PPO on the belief-augmented states; the horizon is the task's end, so no bootstrap
+        tick = time.time()
+        with torch.no_grad():
+            next_values = torch.cat([values[1:], torch.zeros_like(values[:1])])
+            episode_ends = torch.zeros_like(session_done)
+            episode_ends[-1] = True
+            advantages, returns = compute_gae(rewards, values, next_values, episode_ends, args.gamma, args.gae_lambda)
+        env_inds = np.arange(args.num_envs)
+        envs_per_batch = args.num_envs // args.num_minibatches
+        clipfracs = []
+        for epoch in range(args.update_epochs):
+            np.random.shuffle(env_inds)
+            for start in range(0, args.num_envs, envs_per_batch):
+                mb = env_inds[start : start + envs_per_batch]
+                mb_inputs = policy_inputs[:, mb].reshape(-1, policy_inputs.shape[-1])
+                _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_inputs, actions[:, mb].reshape(-1))
+                logratio = newlogprob - logprobs[:, mb].reshape(-1)
+                ratio = logratio.exp()
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
+                mb_advantages = advantages[:, mb].reshape(-1)
+                if args.norm_adv:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                pg_loss = torch.max(-mb_advantages * ratio,
+                                    -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
+                mb_returns, mb_values = returns[:, mb].reshape(-1), values[:, mb].reshape(-1)
+                if args.clip_vloss:
+                    v_clipped = mb_values + torch.clamp(newvalue - mb_values, -args.clip_coef, args.clip_coef)
+                    v_loss = 0.5 * torch.max((newvalue - mb_returns) ** 2, (v_clipped - mb_returns) ** 2).mean()
+                else:
+                    v_loss = 0.5 * ((newvalue - mb_returns) ** 2).mean()
+                entropy_loss = entropy.mean()
+                ppo_loss = pg_loss - ent_coef * entropy_loss + v_loss * args.vf_coef
+                optimizer.zero_grad()
+                ppo_loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                optimizer.step()
+        timing["ppo"] += time.time() - tick
+
+        # TRY NOT TO MODIFY: record losses and progress
+        y_pred, y_true = values.flatten().cpu().numpy(), returns.flatten().cpu().numpy()
+        explained_var = np.nan if np.var(y_true) == 0 else 1 - np.var(y_true - y_pred) / np.var(y_true)
+        sps = int((global_step - (start_iteration - 1) * args.batch_size) / (time.time() - start_time))
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+        writer.add_scalar("losses/explained_variance", explained_var, global_step)
+        writer.add_scalar("losses/vae", loss.item(), global_step)
+        for name, value in terms.items():
+            writer.add_scalar(f"losses/{name}", value.item(), global_step)
+        for name, seconds in timing.items():
+            writer.add_scalar(f"time/{name}", seconds, global_step)
+        if iteration % args.log_every == 0 or iteration == args.num_iterations:
+            mean_return = episode_returns.mean().item()
+            print(f"iter {iteration}/{args.num_iterations} | step {global_step:,} | {sps:,} steps/s | return {mean_return:.2f}"
+                  + (f" ({mean_return / bayes_return:.1%} of Bayes-optimal {bayes_return:.2f})" if bayes_return else "")
+                  + f" | vae {loss.item():.3f}", flush=True)
+        if args.eval_every and iteration % args.eval_every == 0 and iteration != args.num_iterations:
+            write_eval(iteration)
+            if args.save_model:
+                save_checkpoint(checkpoint_path, modules, optimizers, args, global_step, iteration, envs_)
+        if stop_requested and iteration != args.num_iterations:
+            if args.save_model:
+                save_checkpoint(checkpoint_path, modules, optimizers, args, global_step, iteration, envs_)
+                print(f"stopped at iteration {iteration}: continue with --resume {checkpoint_path}")
+            raise SystemExit(130)
+
+    final = write_eval(args.num_iterations)
+    total = sum(timing.values())
+    print(f"time: rollout {timing['rollout']:.0f}s ({timing['rollout'] / total:.0%}), VAE {timing['vae']:.0f}s "
+          f"({timing['vae'] / total:.0%}), PPO {timing['ppo']:.0f}s ({timing['ppo'] / total:.0%})")
+    if args.save_model:
+        save_checkpoint(checkpoint_path, modules, optimizers, args, global_step, args.num_iterations, envs_)
+        print(f"checkpoint: {checkpoint_path}")
+    envs_.close()
+    writer.close()
+    if args.track:
+        wandb.finish()

@@ -1,0 +1,41 @@
+"""Shared helpers: run an algorithm script in this process, as its command line would."""
+
+import glob
+import os
+import runpy
+import signal
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# a tiny budget that still exercises every part of a training script: 2 iterations of 8 episodes
+TINY = ["--num-envs", "8", "--num-minibatches", "2", "--total-timesteps", "960", "--eval-episodes", "16",
+        "--log-every", "1"]
+
+
+@pytest.fixture(autouse=True)
+def offline_wandb(monkeypatch, tmp_path):
+    """Tests never reach the network: wandb writes offline runs into the test's folder."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def run_script(script: str, *args: str, cwd) -> str:
+    """Run ``python <script> <args>`` in this process from ``cwd``; return the folder of the run it wrote."""
+    saved_argv, saved_cwd, saved_handler = sys.argv, os.getcwd(), signal.getsignal(signal.SIGINT)
+    sys.argv = [script, *args]
+    os.makedirs(cwd, exist_ok=True)
+    os.chdir(cwd)
+    try:
+        before = set(glob.glob(os.path.join(cwd, "runs", "*")))
+        runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+        created = set(glob.glob(os.path.join(cwd, "runs", "*"))) - before
+    finally:
+        sys.argv = saved_argv
+        os.chdir(saved_cwd)
+        signal.signal(signal.SIGINT, saved_handler)
+    resumed = [a for a in args if a.endswith(".pt")]
+    return created.pop() if created else os.path.dirname(resumed[0])

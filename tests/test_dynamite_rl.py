@@ -1,0 +1,242 @@
+"""DynaMITE-RL: each loss term on hand-made inputs, smoke runs of every flag, resume and determinism."""
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+import dynamite_rl as dm
+from conftest import ROOT, TINY, run_script
+
+# two episodes of H = 6 steps, sessions by step: [0 0 0 1 1 1] and [0 0 1 1 1 2]
+SESSION_DONE = torch.tensor([[0, 0], [0, 1], [1, 0], [0, 0], [0, 1], [1, 1]], dtype=torch.bool)
+
+
+def test_gaussian_kl_matches_torch_distributions():
+    gen = torch.Generator().manual_seed(0)
+    mq, lq, mp, lp = (torch.randn(7, 3, 5, generator=gen) for _ in range(4))
+    expected = kl_divergence(Normal(mq, (0.5 * lq).exp()), Normal(mp, (0.5 * lp).exp())).sum(-1)
+    torch.testing.assert_close(dm.gaussian_kl(mq, lq, mp, lp), expected)
+    assert torch.all(dm.gaussian_kl(mq, lq, mq, lq).abs() < 1e-6)
+
+
+def test_session_index_and_final_index():
+    assert dm.session_index(SESSION_DONE).T.tolist() == [[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 2]]
+    assert dm.session_final_index(SESSION_DONE).T.tolist() == [[2, 2, 2, 5, 5, 5], [1, 1, 4, 4, 4, 5]]
+
+
+def test_reconstruction_mask_selects_exactly_the_same_session_pairs():
+    mask = dm.reconstruction_mask(SESSION_DONE, session_recon=True)
+    assert mask.shape == (6, 6, 2)
+    sessions = [[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 2]]
+    for b, (belief, target) in itertools.product(range(2), itertools.product(range(6), range(6))):
+        assert mask[belief, target, b] == (sessions[b][belief] == sessions[b][target])
+    assert dm.reconstruction_mask(SESSION_DONE, session_recon=False).all()
+
+
+def test_kl_uses_previous_belief_inside_a_session_and_the_prior_at_its_start():
+    gen = torch.Generator().manual_seed(1)
+    means, logvars = torch.randn(6, 2, 3, generator=gen), torch.randn(6, 2, 3, generator=gen)
+    prior = (torch.randn(6, 2, 3, generator=gen), torch.randn(6, 2, 3, generator=gen))
+    expected = torch.zeros(6, 2)
+    for b in range(2):
+        for t in range(6):
+            start = t == 0 or bool(SESSION_DONE[t - 1, b])
+            target = (prior[0][t, b], prior[1][t, b]) if start else (means[t - 1, b], logvars[t - 1, b])
+            expected[t, b] = dm.gaussian_kl(means[t, b], logvars[t, b], *target)
+    torch.testing.assert_close(dm.kl_loss(means, logvars, SESSION_DONE, prior), expected.mean())
+
+
+def test_session_start_prior_is_standard_normal_in_the_first_session():
+    args = dm.Args(latent_dim=3)
+    prior_net = dm.LatentDynamicsPrior(args)
+    beliefs = torch.randn(6, 2, 6)
+    mean, logvar = dm.session_start_prior(prior_net, beliefs, SESSION_DONE, args)
+    first = dm.session_index(SESSION_DONE) == 0
+    assert (mean[first] == 0).all() and (logvar[first] == 0).all()
+    learned_mean, _ = prior_net(beliefs)
+    torch.testing.assert_close(mean[~first], learned_mean[~first])
+    off_mean, off_logvar = dm.session_start_prior(prior_net, beliefs, SESSION_DONE, dm.Args(latent_dim=3, conditioning=False))
+    assert (off_mean == 0).all() and (off_logvar == 0).all()
+
+
+def converging_posteriors():
+    """Beliefs that approach their session's final belief step by step (the KL to it never increases)."""
+    finals = {(0, 0): 2.0, (0, 1): -1.0, (1, 0): 0.5, (1, 1): 3.0, (1, 2): -2.0}
+    sessions = dm.session_index(SESSION_DONE)
+    final_index = dm.session_final_index(SESSION_DONE)
+    means = torch.zeros(6, 2, 1)
+    for t, b in itertools.product(range(6), range(2)):
+        target = finals[(b, int(sessions[t, b]))]
+        steps_left = int(final_index[t, b]) - t
+        means[t, b, 0] = target + 0.5 * steps_left  # the distance shrinks by 0.5 a step
+    return means, torch.zeros(6, 2, 1)
+
+
+def test_consistency_is_zero_when_beliefs_converge_and_positive_when_they_drift():
+    means, logvars = converging_posteriors()
+    assert dm.consistency_loss(means, logvars, SESSION_DONE) == 0
+    drifting = means.clone()
+    drifting[1, 0, 0] += 5.0  # step 1 moves away from its session's final belief (step 2)
+    loss = dm.consistency_loss(drifting, logvars, SESSION_DONE)
+    # one increase, delta_1 - delta_0, over the 7 consecutive same-session pairs
+    delta = lambda t: dm.gaussian_kl(drifting[t, 0], logvars[t, 0], drifting[2, 0], logvars[2, 0])  # noqa: E731
+    torch.testing.assert_close(loss, (delta(1) - delta(0)) / 7)
+    # a jump at a session boundary is not penalised: only consecutive steps of the same session count
+    across = means.clone()
+    across[3, 0, 0] += 50.0
+    assert dm.consistency_loss(across, logvars, SESSION_DONE) == 0
+
+
+def test_consistency_gradient_does_not_flow_into_the_final_belief():
+    means, logvars = converging_posteriors()
+    means[0, 0, 0] = 2.1  # step 0 sits closer to the final belief (2.0) than step 1 (2.5): a penalised increase
+    means.requires_grad_(True)
+    logvars.requires_grad_(True)
+    loss = dm.consistency_loss(means, logvars, SESSION_DONE)
+    assert loss > 0
+    loss.backward()
+    final_steps = dm.session_final_index(SESSION_DONE)
+    assert means.grad[0, 0].abs().sum() > 0 and means.grad[1, 0].abs().sum() > 0
+    for t, b in itertools.product(range(6), range(2)):
+        if final_steps[t, b] == t:
+            assert means.grad[t, b].abs().sum() == 0 and logvars.grad[t, b].abs().sum() == 0
+
+
+def test_termination_loss_is_binary_cross_entropy():
+    logits = torch.tensor([[2.0, -1.0], [0.0, 3.0]])
+    done = torch.tensor([[1, 0], [0, 1]], dtype=torch.bool)
+    p = torch.sigmoid(logits)
+    expected = -(done * p.log() + (~done) * (1 - p).log()).mean()
+    torch.testing.assert_close(dm.termination_loss(logits, done), expected)
+
+
+def test_reconstruction_ignores_masked_out_targets():
+    torch.manual_seed(0)
+    args = dm.Args(latent_dim=3)
+    decoder = dm.Decoder(4, 5, args)
+    obs, actions = torch.randn(6, 2, 4), torch.nn.functional.one_hot(torch.randint(5, (6, 2)), 5).float()
+    rewards, means, logvars = torch.randn(6, 2), torch.randn(6, 2, 3), torch.full((6, 2, 3), -30.0)
+    mask = dm.reconstruction_mask(SESSION_DONE, session_recon=True)
+    steps = torch.tensor([0])  # the belief at step 0 of each episode: its session is steps 0-2 / 0-1
+
+    def loss(r):
+        return dm.reconstruction_loss(decoder, means, logvars, obs, actions, r, obs, SESSION_DONE, mask, steps)
+
+    base = loss(rewards)
+    outside = rewards.clone()
+    outside[4, 0] += 10.0  # step 4 of episode 0 is in another session
+    torch.testing.assert_close(loss(outside), base)
+    inside = rewards.clone()
+    inside[1, 0] += 10.0
+    assert loss(inside) > base + 1.0
+    full = dm.reconstruction_mask(SESSION_DONE, session_recon=False)
+    assert dm.reconstruction_loss(decoder, means, logvars, obs, actions, outside, obs, SESSION_DONE, full, steps) != \
+        dm.reconstruction_loss(decoder, means, logvars, obs, actions, rewards, obs, SESSION_DONE, full, steps)
+
+
+def test_gae_with_termination_and_truncation_matches_hand_computation():
+    gamma, lam = 0.9, 0.8
+    rewards = torch.tensor([[1.0], [0.0], [2.0], [1.0]])
+    values = torch.tensor([[0.5], [1.0], [0.2], [0.3]])
+    # step 1 ends an episode by truncation (bootstrap 0.7); step 3 by termination (bootstrap 0)
+    next_values = torch.tensor([[1.0], [0.7], [0.3], [0.0]])
+    ends = torch.tensor([[False], [True], [False], [True]])
+    advantages, returns = dm.compute_gae(rewards, values, next_values, ends, gamma, lam)
+    d = [r + gamma * n - v for r, n, v in zip(rewards[:, 0], next_values[:, 0], values[:, 0])]
+    expected = [d[0] + gamma * lam * d[1], d[1], d[2] + gamma * lam * d[3], d[3]]
+    torch.testing.assert_close(advantages[:, 0], torch.stack(expected))
+    torch.testing.assert_close(returns, advantages + values)
+
+
+FLAGS = list(itertools.product([True, False], repeat=4))
+
+
+@pytest.mark.parametrize("consistency,conditioning,session_recon,oracle", FLAGS)
+def test_every_flag_combination_trains(tmp_path, consistency, conditioning, session_recon, oracle):
+    flags = [f"--{'' if on else 'no-'}{name}" for name, on in
+             (("consistency", consistency), ("conditioning", conditioning), ("session-recon", session_recon))]
+    if oracle:
+        flags.append("--oracle-sessions")
+    run_dir = run_script("dynamite_rl.py", *TINY, *flags, cwd=tmp_path)
+    result = json.load(open(os.path.join(run_dir, "eval.json")))
+    final = result["evaluations"][-1]
+    assert final["global_step"] == 960 and len(final["return_per_session"]) == 4
+    assert len(final["consecutive_episode_returns"]) == 5
+    assert result["bayes_optimal_return"] == pytest.approx(47.370, abs=1e-3)
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
+
+
+def final_weights(run_dir):
+    checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
+    return checkpoint, {f"{m}.{k}": v for m, sd in checkpoint["modules"].items() for k, v in sd.items()}
+
+
+def test_same_seed_gives_identical_runs_and_another_seed_does_not(tmp_path):
+    args = [*TINY, "--total-timesteps", "1440", "--save-model", "--eval-every", "1"]
+    first = run_script("dynamite_rl.py", *args, cwd=tmp_path / "a")
+    second = run_script("dynamite_rl.py", *args, cwd=tmp_path / "b")
+    other = run_script("dynamite_rl.py", *args, "--seed", "2", cwd=tmp_path / "c")
+    _, w1 = final_weights(first)
+    _, w2 = final_weights(second)
+    _, w3 = final_weights(other)
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert not all(torch.equal(w1[k], w3[k]) for k in w1)
+    evals = [json.load(open(os.path.join(d, "eval.json")))["evaluations"] for d in (first, second)]
+    assert [e["return"] for e in evals[0]] == [e["return"] for e in evals[1]]
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
+    """Ctrl-C finishes the iteration and saves; --resume then ends exactly where an uninterrupted run ends."""
+    args = [*TINY, "--total-timesteps", str(60 * 8 * 12), "--save-model", "--eval-every", "0"]
+    straight = run_script("dynamite_rl.py", *args, cwd=tmp_path / "straight")
+    os.makedirs(tmp_path / "cut")
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, "dynamite_rl.py"), *args], cwd=tmp_path / "cut",
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        if line.startswith("iter 2/"):
+            process.send_signal(signal.SIGINT)
+            break
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 130, output
+    checkpoint_path = next((tmp_path / "cut" / "runs").glob("*/checkpoint.pt"))
+    stopped_at = torch.load(checkpoint_path, weights_only=False)["iteration"]
+    assert 2 <= stopped_at < 12, output
+    resumed = run_script("dynamite_rl.py", "--resume", str(checkpoint_path), "--total-timesteps", str(60 * 8 * 12),
+                         cwd=tmp_path / "cut")
+    checkpoint, resumed_weights = final_weights(resumed)
+    _, straight_weights = final_weights(straight)
+    assert checkpoint["iteration"] == 12
+    assert all(torch.equal(resumed_weights[k], straight_weights[k]) for k in straight_weights)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--env-id", "dynamite/Nope-v0"], "unknown --env-id 'dynamite/Nope-v0'; known environments: dynamite/Gridworld-v0"),
+        (["--num-envs", "10", "--num-minibatches", "4"], "--num-envs 10 must be divisible by --num-minibatches 4"),
+        (["--env-kwargs", "{size: 3}"], "--env-kwargs is not valid JSON"),
+        (["--env-kwargs", '{"num_goals": 30}'], "num_goals must be at most"),
+        (["--resume", "missing.pt"], "no such checkpoint"),
+    ],
+)
+def test_bad_settings_fail_before_training_with_one_line(tmp_path, args, message):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "dynamite_rl.py"), *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_tracking_with_wandb_offline(tmp_path):
+    run_dir = run_script("dynamite_rl.py", *TINY, "--track", "--wandb-group", "test", cwd=tmp_path)
+    assert os.path.exists(os.path.join(run_dir, "eval.json"))
+    assert list(tmp_path.glob("**/offline-run-*")), "wandb wrote no offline run"
