@@ -52,6 +52,8 @@ class Args:
     """if toggled, writes a checkpoint to the run folder at every evaluation, at the end and on Ctrl-C"""
     resume: str | None = None
     """path of a checkpoint to continue from (its run folder is reused)"""
+    run_dir: str | None = None
+    """folder of the run's logs, evaluations and checkpoint (default: runs/<env>__<exp_name>__<seed>__<time>)"""
     eval_every: int = 25
     """evaluate every this many iterations (and at the end); 0 evaluates only at the end"""
     eval_episodes: int = 2000
@@ -86,16 +88,18 @@ class Args:
     """normalize advantages per minibatch"""
     clip_coef: float = 0.2
     """the PPO clipping coefficient"""
-    clip_vloss: bool = True
-    """clip the value loss as in the PPO paper's implementation"""
+    clip_vloss: bool = False
+    """clip the value loss as in the PPO paper's implementation (off: returns here are tens, not ~1)"""
     ent_coef: float = 0.01
     """entropy bonus coefficient, annealed linearly to 0"""
     vf_coef: float = 0.5
     """value loss coefficient"""
     max_grad_norm: float = 0.5
-    """the maximum norm for gradient clipping (policy and VAE)"""
+    """the maximum gradient norm, applied to the actor, the critic and the VAE separately"""
     policy_hidden: int = 128
     """width of the two hidden layers of the actor and of the critic"""
+    time_feature: bool = True
+    """give the actor and critic the elapsed fraction t/H of the episode (the horizon is part of the task)"""
 
     # Algorithm: the variational posterior (VAE)
     latent_dim: int = 5
@@ -149,6 +153,17 @@ def make_envs(env_id: str, num_envs: int, env_kwargs: dict) -> gym.vector.Vector
         return gym.make_vec(env_id, num_envs=num_envs, autoreset_mode="Disabled", **env_kwargs)
     return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
                         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.DISABLED}, **env_kwargs)
+
+
+def observation_scaling(space: gym.spaces.Box, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) mapping the finite bounds of the observation space to [-1, 1]; identity where unbounded."""
+    low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+    finite = np.isfinite(low) & np.isfinite(high) & (high > low)
+    width = np.where(finite, high - low, 1.0)
+    scale = np.where(finite, 2.0 / width, 1.0)
+    shift = np.where(finite, -np.where(finite, high + low, 0.0) / width, 0.0)
+    return (torch.as_tensor(scale, dtype=torch.float32, device=device),
+            torch.as_tensor(shift, dtype=torch.float32, device=device))
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -228,7 +243,7 @@ class Agent(nn.Module):
 
     def __init__(self, obs_dim: int, num_actions: int, args: Args):
         super().__init__()
-        in_dim = obs_dim + 2 * args.latent_dim
+        in_dim = obs_dim + 2 * args.latent_dim + int(args.time_feature)
         self.critic = mlp(in_dim, args.policy_hidden, 1, out_std=1.0)
         self.actor = mlp(in_dim, args.policy_hidden, num_actions, out_std=0.01)
 
@@ -241,6 +256,14 @@ class Agent(nn.Module):
         if action is None:
             action = logits.argmax(-1) if deterministic else probs.sample()
         return action, probs.log_prob(action), probs.entropy(), self.get_value(x)
+
+
+def policy_input(obs, step: int, horizon: int, mean, logvar, args: Args):
+    """(s, [t/H], belief mean, belief logvar): the belief-augmented state the actor and critic see."""
+    parts = [obs, mean, logvar]
+    if args.time_feature:
+        parts.insert(1, torch.full_like(obs[:, :1], step / horizon))
+    return torch.cat(parts, -1)
 
 
 # ALGO LOGIC: the objective, one function per term
@@ -302,8 +325,10 @@ def termination_loss(termination_logits, session_done):
 
 
 def reconstruction_loss(decoder, means, logvars, obs, actions, rewards, next_obs, session_done, mask, belief_steps):
-    """Mean squared error of the decoded rewards (and next states) over the (belief, target) pairs in ``mask``,
-    for the beliefs at ``belief_steps``; each belief is a reparameterised sample m ~ q_t."""
+    """Negative log-likelihood (unit-variance Gaussian: squared error) of the transitions in ``mask``, summed over
+    each belief's targets and averaged over beliefs and episodes, for the beliefs at ``belief_steps``; each belief
+    decodes a reparameterised sample m ~ q_t. Summing over targets follows the ELBO: averaging would shrink the
+    few informative transitions (a goal reached) against the KL and let the posterior collapse."""
     mean, logvar = means[belief_steps], logvars[belief_steps]  # (K, B, D)
     latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
     horizon, k = obs.shape[0], len(belief_steps)
@@ -311,11 +336,12 @@ def reconstruction_loss(decoder, means, logvars, obs, actions, rewards, next_obs
     expand = lambda x: x[None].expand(k, *x.shape)  # noqa: E731
     predicted_reward, predicted_state = decoder(latent, expand(obs), expand(actions))
     pair_mask = mask[belief_steps].float()  # (K, H, B)
-    loss = ((predicted_reward - rewards[None]) ** 2 * pair_mask).sum() / pair_mask.sum()
+    num_beliefs = pair_mask.shape[0] * pair_mask.shape[2]
+    loss = ((predicted_reward - rewards[None]) ** 2 * pair_mask).sum() / num_beliefs
     if predicted_state is not None:  # a session's last transition lands in a reset state: not dynamics
         state_mask = pair_mask * (1 - session_done.float())[None]
         state_error = ((predicted_state - next_obs[None]) ** 2).sum(-1)
-        loss = loss + (state_error * state_mask).sum() / state_mask.sum().clamp(min=1)
+        loss = loss + (state_error * state_mask).sum() / num_beliefs
     return loss
 
 
@@ -408,6 +434,7 @@ def evaluate(encoder, agent, args, env_kwargs, device, num_episodes: int, consec
     back in the same task (goals kept, the latent's dynamics, the GRU state and the beliefs carried on)."""
     eval_envs = make_envs(args.env_id, num_episodes, env_kwargs)
     num_actions = eval_envs.single_action_space.n
+    scale, shift = observation_scaling(eval_envs.single_observation_space, device)
     state = BeliefState(num_episodes, num_actions, args, device)
     obs, _ = eval_envs.reset(seed=seed)
     episode_returns = []
@@ -418,9 +445,10 @@ def evaluate(encoder, agent, args, env_kwargs, device, num_episodes: int, consec
         session_returns = np.zeros((num_episodes, args.horizon))
         num_sessions = 0
         for t in range(args.horizon):
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device) * scale + shift
             mean, logvar, termination_logit = state.encode(encoder, obs_t)
-            action, _, _, _ = agent.get_action_and_value(torch.cat([obs_t, mean, logvar], -1), deterministic=True)
+            inputs = policy_input(obs_t, t, args.horizon, mean, logvar, args)
+            action, _, _, _ = agent.get_action_and_value(inputs, deterministic=True)
             obs, reward, _, _, info = eval_envs.step(action.cpu().numpy())
             total += reward
             session_returns[np.arange(num_episodes), info["session"]] += reward
@@ -527,7 +555,7 @@ if __name__ == "__main__":
     bayes_return = bayes_optimal_return(args.env_id, env_kwargs)
 
     run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else os.path.join("runs", run_name)
+    run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else args.run_dir or os.path.join("runs", run_name)
     run_name = os.path.basename(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     if args.track:
@@ -577,11 +605,18 @@ if __name__ == "__main__":
     rewards = torch.zeros((args.horizon, args.num_envs), device=device)
     values = torch.zeros((args.horizon, args.num_envs), device=device)
     session_done = torch.zeros((args.horizon, args.num_envs), dtype=torch.bool, device=device)
-    policy_inputs = torch.zeros((args.horizon, args.num_envs, obs_dim + 2 * args.latent_dim), device=device)
+    policy_inputs = torch.zeros((args.horizon, args.num_envs, obs_dim + 2 * args.latent_dim + int(args.time_feature)),
+                                device=device)
+    scale, shift = observation_scaling(envs_.single_observation_space, device)
 
-    def write_eval(iteration: int) -> dict:
-        result = evaluate(encoder, agent, args, env_kwargs, device, args.eval_episodes, seed=args.seed + 1_000_000)
-        result.update(iteration=iteration, global_step=global_step, wall_time=time.time() - start_time + elapsed_before)
+    def write_eval(iteration: int, final: bool = False) -> dict:
+        tick = time.time()
+        result = evaluate(encoder, agent, args, env_kwargs, device, args.eval_episodes, consecutive=5 if final else 1,
+                          seed=args.seed + 1_000_000)
+        timing["eval"] += time.time() - tick
+        result.update(iteration=iteration, global_step=global_step,
+                      train_time=train_time_before + sum(v for k, v in timing.items() if k != "eval"),
+                      wall_time=wall_time_before + time.time() - start_time)
         if bayes_return is not None:
             result["fraction_of_bayes_optimal"] = result["return"] / bayes_return
         evaluations.append(result)
@@ -592,12 +627,14 @@ if __name__ == "__main__":
             writer.add_scalar(f"eval/consecutive_episode_return/{e}", value, global_step)
         tmp = f"{eval_path}.tmp"
         with open(tmp, "w") as f:
-            json.dump({"args": vars(args), "bayes_optimal_return": bayes_return, "evaluations": evaluations}, f, indent=1)
+            json.dump({"args": vars(args), "bayes_optimal_return": bayes_return, "finished": final,
+                       "time": {k: round(v, 2) for k, v in timing.items()}, "evaluations": evaluations}, f, indent=1)
         os.replace(tmp, eval_path)
         sessions = " ".join(f"{v:.2f}" for v in result["return_per_session"])
         print(f"eval  iter {iteration}: return {result['return']:.2f} ± {result['return_std']:.2f}"
               + (f" ({result['return'] / bayes_return:.1%} of Bayes-optimal)" if bayes_return else "")
-              + f" | per session {sessions} | 5 episodes {' '.join(f'{v:.1f}' for v in result['consecutive_episode_returns'])}")
+              + f" | per session {sessions}"
+              + (f" | 5 episodes {' '.join(f'{v:.1f}' for v in result['consecutive_episode_returns'])}" if final else ""))
         return result
 
     # TRY NOT TO MODIFY: a first Ctrl-C finishes the iteration, saves a checkpoint and stops; a second aborts
@@ -612,8 +649,9 @@ if __name__ == "__main__":
 
     signal.signal(signal.SIGINT, request_stop)
     start_time = time.time()
-    elapsed_before = evaluations[-1]["wall_time"] if evaluations else 0.0
-    timing = {"rollout": 0.0, "vae": 0.0, "ppo": 0.0}
+    train_time_before = evaluations[-1]["train_time"] if evaluations else 0.0
+    wall_time_before = evaluations[-1]["wall_time"] if evaluations else 0.0
+    timing = {"rollout": 0.0, "vae": 0.0, "ppo": 0.0, "eval": 0.0}
     for iteration in range(start_iteration, args.num_iterations + 1):
         progress = (iteration - 1.0) / args.num_iterations
         if args.anneal_lr:
@@ -626,15 +664,15 @@ if __name__ == "__main__":
         state = BeliefState(args.num_envs, num_actions, args, device)
         with torch.no_grad():
             for t in range(args.horizon):
-                obs[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
+                obs[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift
                 mean, logvar, termination_logit = state.encode(encoder, obs[t])
-                policy_inputs[t] = torch.cat([obs[t], mean, logvar], -1)
+                policy_inputs[t] = policy_input(obs[t], t, args.horizon, mean, logvar, args)
                 action, logprob, _, value = agent.get_action_and_value(policy_inputs[t])
                 actions[t], logprobs[t], values[t] = action, logprob, value
                 next_obs, reward, _, _, info = envs_.step(action.cpu().numpy())
                 rewards[t] = torch.as_tensor(reward, dtype=torch.float32, device=device)
                 session_done[t] = torch.as_tensor(info["session_done"], device=device)
-                next_obs_buf[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device)
+                next_obs_buf[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift
                 state.observe(F.one_hot(action, num_actions).float(), rewards[t], mean, logvar,
                               session_end_signal(info, termination_logit, args, device))
         global_step += args.batch_size
@@ -691,7 +729,8 @@ if __name__ == "__main__":
                 ppo_loss = pg_loss - ent_coef * entropy_loss + v_loss * args.vf_coef
                 optimizer.zero_grad()
                 ppo_loss.backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                nn.utils.clip_grad_norm_(agent.actor.parameters(), args.max_grad_norm)
+                nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm)
                 optimizer.step()
         timing["ppo"] += time.time() - tick
 
@@ -727,10 +766,9 @@ if __name__ == "__main__":
                 print(f"stopped at iteration {iteration}: continue with --resume {checkpoint_path}")
             raise SystemExit(130)
 
-    final = write_eval(args.num_iterations)
+    write_eval(args.num_iterations, final=True)
     total = sum(timing.values())
-    print(f"time: rollout {timing['rollout']:.0f}s ({timing['rollout'] / total:.0%}), VAE {timing['vae']:.0f}s "
-          f"({timing['vae'] / total:.0%}), PPO {timing['ppo']:.0f}s ({timing['ppo'] / total:.0%})")
+    print("time: " + ", ".join(f"{name} {seconds:.0f}s ({seconds / total:.0%})" for name, seconds in timing.items()))
     if args.save_model:
         save_checkpoint(checkpoint_path, modules, optimizers, args, global_step, args.num_iterations, envs_)
         print(f"checkpoint: {checkpoint_path}")

@@ -240,3 +240,20 @@ def test_tracking_with_wandb_offline(tmp_path):
     run_dir = run_script("dynamite_rl.py", *TINY, "--track", "--wandb-group", "test", cwd=tmp_path)
     assert os.path.exists(os.path.join(run_dir, "eval.json"))
     assert list(tmp_path.glob("**/offline-run-*")), "wandb wrote no offline run"
+
+
+def test_observation_scaling_maps_bounds_to_unit_interval():
+    import gymnasium as gym
+
+    low, high = np.array([0.0, -2.0, -np.inf], np.float32), np.array([4.0, 2.0, np.inf], np.float32)
+    space = gym.spaces.Box(low=low, high=high, dtype=np.float32)
+    scale, shift = dm.observation_scaling(space, "cpu")
+    obs = torch.tensor([[0.0, -2.0, 7.0], [4.0, 2.0, -3.0], [2.0, 0.0, 0.0]])
+    torch.testing.assert_close(obs * scale + shift, torch.tensor([[-1.0, -1.0, 7.0], [1.0, 1.0, -3.0], [0.0, 0.0, 0.0]]))
+
+
+def test_policy_input_carries_the_elapsed_fraction_of_the_episode():
+    obs, mean, logvar = torch.zeros(3, 6), torch.ones(3, 5), -torch.ones(3, 5)
+    with_time = dm.policy_input(obs, 15, 60, mean, logvar, dm.Args())
+    assert with_time.shape == (3, 17) and (with_time[:, 6] == 0.25).all()
+    assert dm.policy_input(obs, 15, 60, mean, logvar, dm.Args(time_feature=False)).shape == (3, 16)

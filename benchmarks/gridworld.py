@@ -1,0 +1,201 @@
+"""Train methods x seeds on the Gridworld in parallel processes and write a table and plots into docs/.
+
+    python benchmarks/gridworld.py                                  # DynaMITE-RL and its ablations, 5 seeds
+    python benchmarks/gridworld.py --methods dynamite no-consistency --seeds 1 2 --workers 2
+
+Every run has its own folder under --runs-dir; a finished run is not redone and an interrupted one is resumed
+from its checkpoint, so the same command continues a benchmark. All methods get the same env steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# name -> (label, script, extra flags)
+METHODS = {
+    "dynamite": ("DynaMITE-RL", "dynamite_rl.py", []),
+    "no-consistency": ("DynaMITE-RL, no consistency", "dynamite_rl.py", ["--no-consistency"]),
+    "no-conditioning": ("DynaMITE-RL, no conditioning", "dynamite_rl.py", ["--no-conditioning"]),
+    "no-session-recon": ("DynaMITE-RL, no session reconstruction", "dynamite_rl.py", ["--no-session-recon"]),
+    "oracle-sessions": ("DynaMITE-RL, true session ends", "dynamite_rl.py", ["--oracle-sessions"]),
+}
+TARGET = 45.0
+
+
+@dataclass
+class Args:
+    methods: list[str] = field(default_factory=lambda: ["dynamite", "no-consistency", "no-conditioning",
+                                                        "no-session-recon", "oracle-sessions"])
+    """methods to run, from: dynamite, no-consistency, no-conditioning, no-session-recon, oracle-sessions"""
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    """seeds of every method"""
+    total_timesteps: int | None = None
+    """env steps of every run (default: each script's own default)"""
+    eval_every: int = 20
+    """evaluate every this many iterations (points of the learning curves)"""
+    workers: int = 2
+    """runs in parallel, one torch thread each (one per core)"""
+    runs_dir: str = "runs/benchmark_gridworld"
+    """where the runs are written"""
+    output: str = "docs/gridworld_dynamite"
+    """prefix of the written table (.md) and plots (.png)"""
+    extra: list[str] = field(default_factory=list)
+    """extra flags passed to every run, e.g. --extra=--num-envs --extra=32"""
+
+
+def run_one(args: Args, method: str, seed: int) -> str:
+    _, script, flags = METHODS[method]
+    run_dir = os.path.abspath(os.path.join(args.runs_dir, method, f"seed{seed}"))
+    eval_path, checkpoint = os.path.join(run_dir, "eval.json"), os.path.join(run_dir, "checkpoint.pt")
+    if os.path.exists(eval_path) and json.load(open(eval_path)).get("finished"):
+        return f"{method} seed {seed}: done already"
+    command = [sys.executable, os.path.join(ROOT, script)]
+    if os.path.exists(checkpoint):
+        command += ["--resume", checkpoint]
+    else:
+        command += ["--seed", str(seed), "--exp-name", method, "--run-dir", run_dir, *flags, *args.extra]
+    command += ["--save-model", "--eval-every", str(args.eval_every), "--log-every", "1000000"]
+    if args.total_timesteps:
+        command += ["--total-timesteps", str(args.total_timesteps)]
+    os.makedirs(run_dir, exist_ok=True)
+    start = time.time()
+    with open(os.path.join(run_dir, "stdout.log"), "a") as log:
+        result = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        raise RuntimeError(f"{method} seed {seed} failed (exit {result.returncode}); see {run_dir}/stdout.log")
+    return f"{method} seed {seed}: {time.time() - start:.0f}s"
+
+
+def load(args: Args) -> dict[str, list[dict]]:
+    results = {}
+    for method in args.methods:
+        runs = []
+        for seed in args.seeds:
+            path = os.path.join(args.runs_dir, method, f"seed{seed}", "eval.json")
+            if os.path.exists(path):
+                runs.append(json.load(open(path)))
+        results[method] = runs
+    return results
+
+
+def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
+    from envs.gridworld_reference import reference_returns
+
+    reference = reference_returns()
+    bayes, memoryless = reference["bayes"]["total"], reference["memoryless"]["total"]
+    lines = [
+        "| method | seeds | final return | of Bayes-optimal | train time per seed | env steps/s | time to 45.0 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for method, runs in results.items():
+        finals = [r["evaluations"][-1] for r in runs if r.get("finished")]
+        if not finals:
+            continue
+        returns = np.array([f["return"] for f in finals])
+        times = np.array([f["train_time"] for f in finals])
+        sps = np.array([f["global_step"] / f["train_time"] for f in finals])
+        reached = [next((e["train_time"] for e in r["evaluations"] if e["return"] >= TARGET), None)
+                   for r in runs if r.get("finished")]
+        hit = [t for t in reached if t is not None]
+        to_target = (f"{np.mean(hit) / 60:.1f} min ({len(hit)}/{len(reached)} seeds)" if hit else f"not reached (0/{len(reached)})")
+        lines.append(f"| {METHODS[method][0]} | {len(finals)} | {returns.mean():.2f} ± {returns.std():.2f} | "
+                     f"{returns.mean() / bayes:.1%} | {times.mean() / 60:.1f} min | {sps.mean():,.0f} | {to_target} |")
+    lines += ["", f"Bayes-optimal {bayes:.3f}; best without memory across sessions {memoryless:.3f}; "
+              "returns are greedy, over each run's final evaluation episodes; ± is the std over seeds."]
+    return lines
+
+
+def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from envs.gridworld_reference import reference_returns
+
+    reference = reference_returns()
+    figures = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, runs in results.items():
+        runs = [r for r in runs if r["evaluations"]]
+        if not runs:
+            continue
+        length = min(len(r["evaluations"]) for r in runs)
+        steps = np.array([e["global_step"] for e in runs[0]["evaluations"][:length]])
+        curves = np.array([[e["return"] for e in r["evaluations"][:length]] for r in runs])
+        mean, std = curves.mean(0), curves.std(0)
+        ax.plot(steps, mean, label=METHODS[method][0])
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    ax.axhline(reference["bayes"]["total"], color="k", ls="--", lw=1, label=f"Bayes-optimal {reference['bayes']['total']:.2f}")
+    ax.axhline(reference["memoryless"]["total"], color="gray", ls=":", lw=1,
+               label=f"no memory across sessions {reference['memoryless']['total']:.2f}")
+    ax.set(xlabel="environment steps", ylabel="return (greedy)", title="Gridworld: learning curves (mean ± std over seeds)")
+    ax.set_ylim(bottom=max(ax.get_ylim()[0], -5))
+    ax.legend(fontsize=8)
+    figures.append(save(fig, f"{args.output}_curves.png"))
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.8 / max(1, len(results))
+    for i, (method, runs) in enumerate(results.items()):
+        finals = [r["evaluations"][-1] for r in runs if r.get("finished")]
+        if not finals:
+            continue
+        per_session = np.array([f["return_per_session"] for f in finals])
+        x = np.arange(per_session.shape[1])
+        left.bar(x + i * width, per_session.mean(0), width, yerr=per_session.std(0), label=METHODS[method][0])
+        consecutive = np.array([f["consecutive_episode_returns"] for f in finals])
+        right.errorbar(np.arange(1, consecutive.shape[1] + 1), consecutive.mean(0), yerr=consecutive.std(0),
+                       marker="o", capsize=3, label=METHODS[method][0])
+    left.plot(x + 0.4 - width / 2, reference["bayes"]["per_session"], "k_", ms=20, mew=2, label="Bayes-optimal")
+    left.set(xlabel="session", ylabel="return", title="Return per session", xticks=x + 0.4 - width / 2,
+             xticklabels=[str(s) for s in x])
+    right.axhline(reference["bayes"]["total"], color="k", ls="--", lw=1, label="Bayes-optimal (first episode)")
+    right.set(xlabel="consecutive episode in the same task", ylabel="return", title="Test-time adaptation")
+    left.legend(fontsize=7), right.legend(fontsize=7)
+    figures.append(save(fig, f"{args.output}_sessions.png"))
+    return figures
+
+
+def save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main(args: Args) -> None:
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"error: unknown methods {unknown}; known: {', '.join(METHODS)}")
+    jobs = [(m, s) for s in args.seeds for m in args.methods]
+    start = time.time()
+    with ThreadPoolExecutor(args.workers) as pool:
+        for message in pool.map(lambda job: run_one(args, *job), jobs):
+            print(message, flush=True)
+    results = load(args)
+    table = summarize(args, results)
+    figures = plot(args, results)
+    command = "python benchmarks/gridworld.py " + " ".join(sys.argv[1:])
+    lines = ["# Gridworld benchmark", "", f"Command: `{command.strip()}` ({len(jobs)} runs, {args.workers} in parallel, "
+             f"{(time.time() - start) / 60:.0f} min wall time for this invocation).", "", *table, ""]
+    lines += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in figures]
+    with open(f"{args.output}.md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(table))
+    print(f"wrote {args.output}.md and {', '.join(figures)}")
+
+
+if __name__ == "__main__":
+    import tyro
+
+    main(tyro.cli(Args))
