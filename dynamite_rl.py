@@ -66,9 +66,9 @@ class Args:
     """the id of the environment"""
     env_kwargs: str = "{}"
     """constructor arguments of the environment as JSON, e.g. '{"size": 7, "num_goals": 3}'"""
-    total_timesteps: int = 3_000_000
+    total_timesteps: int = 2_000_000
     """total environment steps of the experiment"""
-    num_envs: int = 256
+    num_envs: int = 64
     """number of environments stepped in lock-step; each iteration collects one whole episode of each"""
 
     # Algorithm: PPO on the belief-augmented state
@@ -104,18 +104,25 @@ class Args:
     # Algorithm: the variational posterior (VAE)
     latent_dim: int = 5
     """dimension of the latent context m"""
-    embed_dim: int = 8
-    """size of the state, action and reward embeddings"""
+    embed_dim: int = 16
+    """size of the state, action and reward embeddings (the paper's 8 is too small for this observation)"""
     encoder_hidden: int = 64
     """width of the two layers between the embeddings and the GRU"""
     gru_hidden: int = 128
     """size of the GRU hidden state"""
-    decoder_hidden: int = 32
+    decoder_hidden: int = 64
     """width of the two hidden layers of the decoders"""
     vae_learning_rate: float = 1e-3
     """learning rate of the VAE optimizer"""
-    vae_updates: int = 1
-    """VAE gradient steps per iteration, each on the whole batch of episodes"""
+    vae_updates: int = 8
+    """VAE gradient steps per iteration (0 freezes the VAE)"""
+    vae_batch_episodes: int = 64
+    """episodes per VAE gradient step, drawn from the buffer"""
+    vae_buffer_episodes: int = 10000
+    """the VAE trains on the last this many episodes, so that the belief stays right on the histories of past
+    policies too (trained on the current policy's episodes only, it is meaningless for any new behaviour)"""
+    vae_warmup_iterations: int = 0
+    """iterations at the start that train only the VAE (the policy acts from its initial weights)"""
     kl_weight: float = 0.1
     """weight of the KL term of the ELBO"""
     consistency_weight: float = 0.5
@@ -159,9 +166,8 @@ def observation_scaling(space: gym.spaces.Box, device) -> tuple[torch.Tensor, to
     """(scale, shift) mapping the finite bounds of the observation space to [-1, 1]; identity where unbounded."""
     low, high = space.low.astype(np.float64), space.high.astype(np.float64)
     finite = np.isfinite(low) & np.isfinite(high) & (high > low)
-    width = np.where(finite, high - low, 1.0)
-    scale = np.where(finite, 2.0 / width, 1.0)
-    shift = np.where(finite, -np.where(finite, high + low, 0.0) / width, 0.0)
+    low, high = np.where(finite, low, -1.0), np.where(finite, high, 1.0)  # unbounded dims: identity
+    scale, shift = 2.0 / (high - low), -(high + low) / (high - low)
     return (torch.as_tensor(scale, dtype=torch.float32, device=device),
             torch.as_tensor(shift, dtype=torch.float32, device=device))
 
@@ -427,6 +433,41 @@ def vae_loss(encoder, decoder, prior_net, batch, args, device, generator=None):
     return loss, terms
 
 
+class EpisodeBuffer:
+    """A ring buffer of whole episodes for VAE training, stored (capacity, H, ...) and sampled as (H, batch, ...)."""
+
+    def __init__(self, capacity: int, horizon: int, obs_dim: int, num_actions: int, device):
+        self.fields = {
+            "obs": torch.zeros(capacity, horizon, obs_dim, device=device),
+            "actions": torch.zeros(capacity, horizon, num_actions, device=device),
+            "rewards": torch.zeros(capacity, horizon, device=device),
+            "next_obs": torch.zeros(capacity, horizon, obs_dim, device=device),
+            "session_done": torch.zeros(capacity, horizon, dtype=torch.bool, device=device),
+        }
+        self.capacity, self.size, self.position = capacity, 0, 0
+
+    def add(self, obs, actions_onehot, rewards, next_obs, session_done):
+        """Append a batch of episodes given as (H, B, ...)."""
+        index = (self.position + torch.arange(obs.shape[1])) % self.capacity
+        for name, value in zip(self.fields, (obs, actions_onehot, rewards, next_obs, session_done)):
+            self.fields[name][index] = value.transpose(0, 1)
+        self.position = int(index[-1] + 1) % self.capacity
+        self.size = min(self.size + obs.shape[1], self.capacity)
+
+    def sample(self, batch: int):
+        index = torch.randint(self.size, (batch,))
+        return tuple(value[index].transpose(0, 1) for value in self.fields.values())
+
+    def state_dict(self) -> dict:
+        return {"size": self.size, "position": self.position,
+                "fields": {name: value[: self.size].clone() for name, value in self.fields.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.size, self.position = state["size"], state["position"]
+        for name, value in state["fields"].items():
+            self.fields[name][: self.size] = value
+
+
 # TRY NOT TO MODIFY: evaluation, the same protocol for every algorithm of this library
 @torch.no_grad()
 def evaluate(encoder, agent, args, env_kwargs, device, num_episodes: int, consecutive: int = 5, seed: int = 0):
@@ -505,10 +546,12 @@ def check_args(args: Args) -> dict:
     return env_kwargs
 
 
-def save_checkpoint(path: str, modules: dict, optimizers: dict, args: Args, global_step: int, iteration: int, envs_) -> None:
+def save_checkpoint(path: str, modules: dict, optimizers: dict, args: Args, global_step: int, iteration: int, envs_,
+                    buffer: EpisodeBuffer) -> None:
     """Everything needed to continue the run exactly, written atomically (a crash never leaves half a file)."""
     checkpoint = {
         "modules": {name: module.state_dict() for name, module in modules.items()},
+        "buffer": buffer.state_dict(),
         "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
         "args": asdict(args),
         "global_step": global_step,
@@ -575,6 +618,7 @@ if __name__ == "__main__":
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     modules = {"encoder": encoder, "decoder": decoder, "prior": prior_net, "agent": agent}
     optimizers = {"vae": vae_optimizer, "policy": optimizer}
+    buffer = EpisodeBuffer(args.vae_buffer_episodes, args.horizon, obs_dim, num_actions, device)
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     eval_path = os.path.join(run_dir, "eval.json")
 
@@ -585,6 +629,7 @@ if __name__ == "__main__":
         for name, opt in optimizers.items():
             opt.load_state_dict(resume["optimizers"][name])
         global_step, start_iteration = resume["global_step"], resume["iteration"] + 1
+        buffer.load_state_dict(resume["buffer"])
         torch.set_rng_state(resume["rng"]["torch"])
         np.random.set_state(resume["rng"]["numpy"])
         random.setstate(resume["rng"]["python"])
@@ -683,10 +728,10 @@ if __name__ == "__main__":
 
         # ALGO LOGIC: VAE update with the true session ends (training-time teacher forcing)
         tick = time.time()
-        actions_onehot = F.one_hot(actions, num_actions).float()
+        buffer.add(obs, F.one_hot(actions, num_actions).float(), rewards, next_obs_buf, session_done)
+        loss, terms = torch.zeros(()), {}
         for _ in range(args.vae_updates):
-            loss, terms = vae_loss(encoder, decoder, prior_net,
-                                   (obs, actions_onehot, rewards, next_obs_buf, session_done), args, device)
+            loss, terms = vae_loss(encoder, decoder, prior_net, buffer.sample(args.vae_batch_episodes), args, device)
             vae_optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_([p for g in vae_optimizer.param_groups for p in g["params"]], args.max_grad_norm)
@@ -695,6 +740,7 @@ if __name__ == "__main__":
 
         # ALGO LOGIC: PPO on the belief-augmented states; the horizon is the task's end, so no bootstrap
         tick = time.time()
+        policy_epochs = 0 if iteration <= args.vae_warmup_iterations else args.update_epochs
         with torch.no_grad():
             next_values = torch.cat([values[1:], torch.zeros_like(values[:1])])
             episode_ends = torch.zeros_like(session_done)
@@ -702,8 +748,8 @@ if __name__ == "__main__":
             advantages, returns = compute_gae(rewards, values, next_values, episode_ends, args.gamma, args.gae_lambda)
         env_inds = np.arange(args.num_envs)
         envs_per_batch = args.num_envs // args.num_minibatches
-        clipfracs = []
-        for epoch in range(args.update_epochs):
+        clipfracs, pg_loss, v_loss, entropy_loss, approx_kl = [0.0], torch.zeros(()), torch.zeros(()), torch.zeros(()), torch.zeros(())
+        for epoch in range(policy_epochs):
             np.random.shuffle(env_inds)
             for start in range(0, args.num_envs, envs_per_batch):
                 mb = env_inds[start : start + envs_per_batch]
@@ -759,10 +805,10 @@ if __name__ == "__main__":
         if args.eval_every and iteration % args.eval_every == 0 and iteration != args.num_iterations:
             write_eval(iteration)
             if args.save_model:
-                save_checkpoint(checkpoint_path, modules, optimizers, args, global_step, iteration, envs_)
+                save_checkpoint(checkpoint_path, modules, optimizers, args, global_step, iteration, envs_, buffer)
         if stop_requested and iteration != args.num_iterations:
             if args.save_model:
-                save_checkpoint(checkpoint_path, modules, optimizers, args, global_step, iteration, envs_)
+                save_checkpoint(checkpoint_path, modules, optimizers, args, global_step, iteration, envs_, buffer)
                 print(f"stopped at iteration {iteration}: continue with --resume {checkpoint_path}")
             raise SystemExit(130)
 
@@ -770,7 +816,7 @@ if __name__ == "__main__":
     total = sum(timing.values())
     print("time: " + ", ".join(f"{name} {seconds:.0f}s ({seconds / total:.0%})" for name, seconds in timing.items()))
     if args.save_model:
-        save_checkpoint(checkpoint_path, modules, optimizers, args, global_step, args.num_iterations, envs_)
+        save_checkpoint(checkpoint_path, modules, optimizers, args, global_step, args.num_iterations, envs_, buffer)
         print(f"checkpoint: {checkpoint_path}")
     envs_.close()
     writer.close()

@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # a tiny budget that still exercises every part of a training script: 2 iterations of 8 episodes
 TINY = ["--num-envs", "8", "--num-minibatches", "2", "--total-timesteps", "960", "--eval-episodes", "16",
-        "--log-every", "1"]
+        "--log-every", "1", "--vae-updates", "2", "--vae-batch-episodes", "8"]
 
 
 @pytest.fixture(autouse=True)

@@ -257,3 +257,19 @@ def test_policy_input_carries_the_elapsed_fraction_of_the_episode():
     with_time = dm.policy_input(obs, 15, 60, mean, logvar, dm.Args())
     assert with_time.shape == (3, 17) and (with_time[:, 6] == 0.25).all()
     assert dm.policy_input(obs, 15, 60, mean, logvar, dm.Args(time_feature=False)).shape == (3, 16)
+
+
+def test_episode_buffer_keeps_the_last_episodes_and_samples_time_major():
+    buffer = dm.EpisodeBuffer(capacity=5, horizon=3, obs_dim=2, num_actions=4, device="cpu")
+    for start in (0, 3):  # 3 episodes, then 3 more: the oldest is overwritten
+        ids = torch.arange(start, start + 3, dtype=torch.float32)
+        obs = ids[None, :, None].expand(3, 3, 2)
+        buffer.add(obs, torch.zeros(3, 3, 4), ids[None].expand(3, 3), obs, torch.zeros(3, 3, dtype=torch.bool))
+    assert buffer.size == 5 and buffer.position == 1
+    assert sorted(buffer.fields["rewards"][:, 0].tolist()) == [1, 2, 3, 4, 5]
+    obs, actions, rewards, next_obs, session_done = buffer.sample(7)
+    assert obs.shape == (3, 7, 2) and actions.shape == (3, 7, 4) and session_done.shape == (3, 7)
+    assert set(rewards[0].tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0} and (rewards == rewards[0]).all()
+    restored = dm.EpisodeBuffer(capacity=5, horizon=3, obs_dim=2, num_actions=4, device="cpu")
+    restored.load_state_dict(buffer.state_dict())
+    assert all(torch.equal(restored.fields[k], buffer.fields[k]) for k in buffer.fields)
