@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -50,8 +51,8 @@ class Args:
     """where the runs are written"""
     output: str = "docs/gridworld_dynamite"
     """prefix of the written table (.md) and plots (.png)"""
-    extra: list[str] = field(default_factory=list)
-    """extra flags passed to every run, e.g. --extra=--num-envs --extra=32"""
+    extra: str = ""
+    """extra flags passed to every run, e.g. --extra='--num-envs 32 --vae-updates 4'"""
 
 
 def run_one(args: Args, method: str, seed: int) -> str:
@@ -64,7 +65,7 @@ def run_one(args: Args, method: str, seed: int) -> str:
     if os.path.exists(checkpoint):
         command += ["--resume", checkpoint]
     else:
-        command += ["--seed", str(seed), "--exp-name", method, "--run-dir", run_dir, *flags, *args.extra]
+        command += ["--seed", str(seed), "--exp-name", method, "--run-dir", run_dir, *flags, *shlex.split(args.extra)]
     command += ["--save-model", "--eval-every", str(args.eval_every), "--log-every", "1000000"]
     if args.total_timesteps:
         command += ["--total-timesteps", str(args.total_timesteps)]
@@ -160,7 +161,8 @@ def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
     left.set(xlabel="session", ylabel="return", title="Return per session", xticks=x + 0.4 - width / 2,
              xticklabels=[str(s) for s in x])
     right.axhline(reference["bayes"]["total"], color="k", ls="--", lw=1, label="Bayes-optimal (first episode)")
-    right.set(xlabel="consecutive episode in the same task", ylabel="return", title="Test-time adaptation")
+    right.set(xlabel="consecutive episode in the same task", ylabel="return", title="Test-time adaptation",
+              xticks=range(1, 6))
     left.legend(fontsize=7), right.legend(fontsize=7)
     figures.append(save(fig, f"{args.output}_sessions.png"))
     return figures
@@ -185,7 +187,7 @@ def main(args: Args) -> None:
     results = load(args)
     table = summarize(args, results)
     figures = plot(args, results)
-    command = "python benchmarks/gridworld.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/gridworld.py " + shlex.join(sys.argv[1:])
     lines = ["# Gridworld benchmark", "", f"Command: `{command.strip()}` ({len(jobs)} runs, {args.workers} in parallel, "
              f"{(time.time() - start) / 60:.0f} min wall time for this invocation).", "", *table, ""]
     lines += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in figures]
