@@ -121,6 +121,9 @@ class Args:
     vae_buffer_episodes: int = 10000
     """the VAE trains on the last this many episodes, so that the belief stays right on the histories of past
     policies too (trained on the current policy's episodes only, it is meaningless for any new behaviour)"""
+    vae_random_episodes: int = 0
+    """episodes of uniformly random actions added to the VAE buffer each iteration (a multiple of num_envs;
+    they count as env steps): histories of behaviour the policy has not tried, so the belief stays meaningful"""
     vae_warmup_iterations: int = 0
     """iterations at the start that train only the VAE (the policy acts from its initial weights)"""
     kl_weight: float = 0.1
@@ -203,6 +206,9 @@ class Encoder(nn.Module):
         self.gru = nn.GRUCell(args.encoder_hidden, args.gru_hidden)
         self.belief_mean = nn.Linear(args.gru_hidden, args.latent_dim)
         self.belief_logvar = nn.Linear(args.gru_hidden, args.latent_dim)
+        # start with a small variance: samples of a unit-variance belief are mostly noise, the decoder then
+        # learns to ignore the latent and the posterior collapses before it has learned anything
+        nn.init.constant_(self.belief_logvar.bias, -4.0)
         self.termination = nn.Linear(args.gru_hidden, 1)
         self.conditioning = args.conditioning
 
@@ -468,6 +474,21 @@ class EpisodeBuffer:
             self.fields[name][: self.size] = value
 
 
+def random_episodes(envs_, args: Args, num_actions: int, scale, shift, device):
+    """One episode of uniformly random actions in every environment, as (obs, actions, rewards, next obs, ends)."""
+    next_obs, _ = envs_.reset()
+    steps = []
+    for _ in range(args.horizon):
+        action = np.random.randint(num_actions, size=args.num_envs)
+        obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift
+        next_obs, reward, _, _, info = envs_.step(action)
+        steps.append((obs, F.one_hot(torch.as_tensor(action, device=device), num_actions).float(),
+                      torch.as_tensor(reward, dtype=torch.float32, device=device),
+                      torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift,
+                      torch.as_tensor(info["session_done"], device=device)))
+    return tuple(torch.stack(field) for field in zip(*steps))
+
+
 # TRY NOT TO MODIFY: evaluation, the same protocol for every algorithm of this library
 @torch.no_grad()
 def evaluate(encoder, agent, args, env_kwargs, device, num_episodes: int, consecutive: int = 5, seed: int = 0):
@@ -537,6 +558,8 @@ def check_args(args: Args) -> dict:
         raise SystemExit(f"error: --env-kwargs is not valid JSON ({error}): {args.env_kwargs!r}") from None
     if not isinstance(env_kwargs, dict):
         raise SystemExit(f"error: --env-kwargs must be a JSON object, got {args.env_kwargs!r}")
+    if args.vae_random_episodes % args.num_envs != 0:
+        raise SystemExit(f"error: --vae-random-episodes {args.vae_random_episodes} must be a multiple of --num-envs {args.num_envs}")
     if args.num_envs % args.num_minibatches != 0:
         raise SystemExit(f"error: --num-envs {args.num_envs} must be divisible by --num-minibatches {args.num_minibatches} "
                          "(minibatches are split by environment)")
@@ -593,7 +616,7 @@ if __name__ == "__main__":
     obs_dim = int(np.prod(envs_.single_observation_space.shape))
     num_actions = int(envs_.single_action_space.n)
     args.horizon = envs_.unwrapped.config.horizon
-    args.batch_size = args.num_envs * args.horizon
+    args.batch_size = args.num_envs * args.horizon * (1 + args.vae_random_episodes // args.num_envs)
     args.num_iterations = max(1, args.total_timesteps // args.batch_size)
     bayes_return = bayes_optimal_return(args.env_id, env_kwargs)
 
@@ -720,6 +743,8 @@ if __name__ == "__main__":
                 next_obs_buf[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift
                 state.observe(F.one_hot(action, num_actions).float(), rewards[t], mean, logvar,
                               session_end_signal(info, termination_logit, args, device))
+        for _ in range(args.vae_random_episodes // args.num_envs):
+            buffer.add(*random_episodes(envs_, args, num_actions, scale, shift, device))
         global_step += args.batch_size
         episode_returns = rewards.sum(0)
         writer.add_scalar("charts/episodic_return", episode_returns.mean().item(), global_step)

@@ -226,6 +226,8 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
         (["--env-kwargs", "{size: 3}"], "--env-kwargs is not valid JSON"),
         (["--env-kwargs", '{"num_goals": 30}'], "num_goals must be at most"),
         (["--resume", "missing.pt"], "no such checkpoint"),
+        (["--num-envs", "8", "--num-minibatches", "2", "--vae-random-episodes", "12"],
+         "--vae-random-episodes 12 must be a multiple of --num-envs 8"),
     ],
 )
 def test_bad_settings_fail_before_training_with_one_line(tmp_path, args, message):
@@ -273,3 +275,22 @@ def test_episode_buffer_keeps_the_last_episodes_and_samples_time_major():
     restored = dm.EpisodeBuffer(capacity=5, horizon=3, obs_dim=2, num_actions=4, device="cpu")
     restored.load_state_dict(buffer.state_dict())
     assert all(torch.equal(restored.fields[k], buffer.fields[k]) for k in buffer.fields)
+
+
+def test_random_episodes_are_whole_episodes_of_the_environment():
+    args = dm.Args(num_envs=4, horizon=60)
+    envs_ = dm.make_envs(args.env_id, 4, {})
+    envs_.reset(seed=0)
+    scale, shift = dm.observation_scaling(envs_.single_observation_space, "cpu")
+    obs, actions, rewards, next_obs, session_done = dm.random_episodes(envs_, args, 5, scale, shift, "cpu")
+    assert obs.shape == (60, 4, 6) and actions.shape == (60, 4, 5) and rewards.shape == (60, 4)
+    assert (actions.sum(-1) == 1).all() and obs.abs().max() <= 1.0
+    assert session_done.sum(0).tolist() == [4, 4, 4, 4]  # the fixed schedule: 4 sessions each
+    torch.testing.assert_close(obs[1:][~session_done[:-1]], next_obs[:-1][~session_done[:-1]])
+    assert torch.isclose(rewards[:, :, None], torch.tensor([1.0, -0.1])).any(-1).all()
+
+
+def test_random_episodes_count_as_env_steps(tmp_path):
+    run_dir = run_script("dynamite_rl.py", *TINY, "--total-timesteps", "1920", "--vae-random-episodes", "8", cwd=tmp_path)
+    final = json.load(open(os.path.join(run_dir, "eval.json")))["evaluations"][-1]
+    assert final["global_step"] == 1920 and final["iteration"] == 2
