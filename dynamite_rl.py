@@ -206,9 +206,6 @@ class Encoder(nn.Module):
         self.gru = nn.GRUCell(args.encoder_hidden, args.gru_hidden)
         self.belief_mean = nn.Linear(args.gru_hidden, args.latent_dim)
         self.belief_logvar = nn.Linear(args.gru_hidden, args.latent_dim)
-        # start with a small variance: samples of a unit-variance belief are mostly noise, the decoder then
-        # learns to ignore the latent and the posterior collapses before it has learned anything
-        nn.init.constant_(self.belief_logvar.bias, -4.0)
         self.termination = nn.Linear(args.gru_hidden, 1)
         self.conditioning = args.conditioning
 
