@@ -134,6 +134,8 @@ class Args:
     """weight of the session-termination cross-entropy"""
     decode_beliefs: int = 15
     """beliefs per episode whose reconstruction is evaluated at each VAE step (sampled, all steps if >= H)"""
+    decode_mean: bool = True
+    """decode the belief's mean instead of a sample of it (sampling let the posterior collapse here)"""
     state_decoder: bool = False
     """also reconstruct next states (for environments whose dynamics change with the latent)"""
 
@@ -333,13 +335,14 @@ def termination_loss(termination_logits, session_done):
     return F.binary_cross_entropy_with_logits(termination_logits, session_done.float())
 
 
-def reconstruction_loss(decoder, means, logvars, obs, actions, rewards, next_obs, session_done, mask, belief_steps):
+def reconstruction_loss(decoder, means, logvars, obs, actions, rewards, next_obs, session_done, mask, belief_steps,
+                        sample: bool = True):
     """Negative log-likelihood (unit-variance Gaussian: squared error) of the transitions in ``mask``, summed over
     each belief's targets and averaged over beliefs and episodes, for the beliefs at ``belief_steps``; each belief
-    decodes a reparameterised sample m ~ q_t. Summing over targets follows the ELBO: averaging would shrink the
+    decodes a reparameterised sample m ~ q_t (its mean with ``sample=False``). Summing over targets follows the ELBO: averaging would shrink the
     few informative transitions (a goal reached) against the KL and let the posterior collapse."""
     mean, logvar = means[belief_steps], logvars[belief_steps]  # (K, B, D)
-    latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+    latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if sample else mean
     horizon, k = obs.shape[0], len(belief_steps)
     latent = latent[:, None].expand(k, horizon, *latent.shape[1:])  # (K, H, B, D)
     expand = lambda x: x[None].expand(k, *x.shape)  # noqa: E731
@@ -425,7 +428,7 @@ def vae_loss(encoder, decoder, prior_net, batch, args, device, generator=None):
     mask = reconstruction_mask(session_done, args.session_recon)
     terms = {
         "reconstruction": reconstruction_loss(decoder, means, logvars, obs, actions_onehot, rewards, next_obs,
-                                              session_done, mask, belief_steps),
+                                              session_done, mask, belief_steps, sample=not args.decode_mean),
         "kl": kl_loss(means, logvars, session_done, session_start_prior(prior_net, prev_beliefs, session_done, args)),
         "termination": termination_loss(logits, session_done),
     }

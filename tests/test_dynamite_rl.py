@@ -294,3 +294,20 @@ def test_random_episodes_count_as_env_steps(tmp_path):
     run_dir = run_script("dynamite_rl.py", *TINY, "--total-timesteps", "1920", "--vae-random-episodes", "8", cwd=tmp_path)
     final = json.load(open(os.path.join(run_dir, "eval.json")))["evaluations"][-1]
     assert final["global_step"] == 1920 and final["iteration"] == 2
+
+
+def test_decoding_the_mean_ignores_the_belief_variance():
+    torch.manual_seed(0)
+    args = dm.Args(latent_dim=3)
+    decoder = dm.Decoder(4, 5, args)
+    obs, actions = torch.randn(6, 2, 4), torch.nn.functional.one_hot(torch.randint(5, (6, 2)), 5).float()
+    rewards, means = torch.randn(6, 2), torch.randn(6, 2, 3)
+    mask, steps = dm.reconstruction_mask(SESSION_DONE, True), torch.arange(6)
+
+    def loss(logvars, sample):
+        return dm.reconstruction_loss(decoder, means, logvars, obs, actions, rewards, obs, SESSION_DONE, mask, steps, sample)
+
+    small, large = torch.full((6, 2, 3), -20.0), torch.full((6, 2, 3), 4.0)
+    torch.testing.assert_close(loss(small, False), loss(large, False))
+    torch.testing.assert_close(loss(small, True), loss(small, False), atol=1e-4, rtol=0)
+    assert loss(large, True) != loss(large, False)
