@@ -22,7 +22,7 @@ import tyro
 from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
-import envs
+import envs  # noqa: F401  (registers the dynamite/ environments with gymnasium)
 
 
 @dataclass
