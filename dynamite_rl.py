@@ -416,7 +416,7 @@ def session_start_prior(prior_net, prev_session_beliefs, session_done, args):
     return torch.where(later, mean, zeros), torch.where(later, logvar, zeros)
 
 
-def vae_loss(encoder, decoder, prior_net, batch, args, device, generator=None):
+def vae_loss(encoder, decoder, prior_net, batch, args, device):
     """The DynaMITE-RL objective (paper eq. 6) on a batch of episodes; returns (loss, dict of terms)."""
     obs, actions_onehot, rewards, next_obs, session_done = batch
     means, logvars, logits, prev_beliefs = encode_episodes(encoder, obs, actions_onehot, rewards, session_done, args, device)
@@ -424,7 +424,7 @@ def vae_loss(encoder, decoder, prior_net, batch, args, device, generator=None):
     if args.decode_beliefs >= horizon:
         belief_steps = torch.arange(horizon, device=device)
     else:
-        belief_steps = torch.randperm(horizon, generator=generator)[: args.decode_beliefs].to(device)
+        belief_steps = torch.randperm(horizon)[: args.decode_beliefs].to(device)
     mask = reconstruction_mask(session_done, args.session_recon)
     terms = {
         "reconstruction": reconstruction_loss(decoder, means, logvars, obs, actions_onehot, rewards, next_obs,
@@ -529,6 +529,27 @@ def evaluate(encoder, agent, args, env_kwargs, device, num_episodes: int, consec
         "consecutive_episode_returns": episode_returns,
         "episodes": num_episodes,
     }
+
+
+@torch.no_grad()
+def record_video(encoder, agent, args, env_kwargs, device, folder: str, seed: int = 0) -> None:
+    """One greedy episode, rendered to an mp4 in ``folder`` (the rendering shows which goal pays)."""
+    env = gym.wrappers.RecordVideo(gym.make(args.env_id, render_mode="rgb_array", **env_kwargs), folder,
+                                   episode_trigger=lambda episode: True, name_prefix="eval")
+    num_actions = env.action_space.n
+    scale, shift = observation_scaling(env.observation_space, device)
+    state = BeliefState(1, num_actions, args, device)
+    obs, _ = env.reset(seed=seed)
+    for t in range(args.horizon):
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None] * scale + shift
+        mean, logvar, termination_logit = state.encode(encoder, obs_t)
+        action, _, _, _ = agent.get_action_and_value(policy_input(obs_t, t, args.horizon, mean, logvar, args),
+                                                     deterministic=True)
+        obs, reward, _, _, info = env.step(int(action))
+        info = {"session_done": np.array([info["session_done"]])}
+        state.observe(F.one_hot(action, num_actions).float(), torch.tensor([reward], dtype=torch.float32, device=device),
+                      mean, logvar, session_end_signal(info, termination_logit, args, device))
+    env.close()
 
 
 def session_end_signal(info, termination_logit, args, device):
@@ -838,6 +859,8 @@ if __name__ == "__main__":
             raise SystemExit(130)
 
     write_eval(args.num_iterations, final=True)
+    if args.capture_video:
+        record_video(encoder, agent, args, env_kwargs, device, os.path.join(run_dir, "videos"), seed=args.seed)
     total = sum(timing.values())
     print("time: " + ", ".join(f"{name} {seconds:.0f}s ({seconds / total:.0%})" for name, seconds in timing.items()))
     if args.save_model:

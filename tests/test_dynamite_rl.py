@@ -310,3 +310,9 @@ def test_decoding_the_mean_ignores_the_belief_variance():
     torch.testing.assert_close(loss(small, False), loss(large, False))
     torch.testing.assert_close(loss(small, True), loss(small, False), atol=1e-4, rtol=0)
     assert loss(large, True) != loss(large, False)
+
+
+def test_capture_video_writes_an_evaluation_episode(tmp_path):
+    run_dir = run_script("dynamite_rl.py", *TINY, "--capture-video", cwd=tmp_path)
+    videos = [f for f in os.listdir(os.path.join(run_dir, "videos")) if f.endswith(".mp4")]
+    assert len(videos) == 1 and os.path.getsize(os.path.join(run_dir, "videos", videos[0])) > 1000
