@@ -98,6 +98,9 @@ class Args:
     """the maximum gradient norm, applied to the actor, the critic and the VAE separately"""
     policy_hidden: int = 128
     """width of the two hidden layers of the actor and of the critic"""
+    norm_belief: bool = True
+    """standardise the belief (mean, logvar) for the actor and critic by running statistics (its scale is
+    arbitrary and drifts as the VAE trains)"""
     time_feature: bool = True
     """give the actor and critic the elapsed fraction t/H of the episode (the horizon is part of the task)"""
 
@@ -136,6 +139,10 @@ class Args:
     """beliefs per episode whose reconstruction is evaluated at each VAE step (sampled, all steps if >= H)"""
     decode_mean: bool = True
     """decode the belief's mean instead of a sample of it (sampling let the posterior collapse here)"""
+    decoder_prev_state: bool = False
+    """the reward decoder also sees s_t (it always sees the state s_{t+1} the transition lands in)"""
+    decoder_action: bool = False
+    """the reward decoder also sees a_t"""
     state_decoder: bool = False
     """also reconstruct next states (for environments whose dynamics change with the latent)"""
 
@@ -233,20 +240,49 @@ class LatentDynamicsPrior(nn.Module):
 
 
 class Decoder(nn.Module):
-    """p(r_{t+1} | s_t, a_t, m) and optionally p(s_{t+1} | s_t, a_t, m), Gaussian with unit variance (MSE)."""
+    """p(r_{t+1} | s_{t+1}, m) and optionally p(s_{t+1} | s_t, a_t, m), Gaussian with unit variance (MSE).
+
+    The reward decoder sees the state the transition lands in (and, with flags, s_t and a_t too), as in
+    VariBAD's code: predicting r_{t+1} from (s_t, a_t) would also require learning the motion model."""
 
     def __init__(self, obs_dim: int, num_actions: int, args: Args):
         super().__init__()
         self.state_embed = nn.Sequential(nn.Linear(obs_dim, args.embed_dim), nn.ReLU())
         self.action_embed = nn.Sequential(nn.Linear(num_actions, args.embed_dim), nn.ReLU())
-        in_dim = 2 * args.embed_dim + args.latent_dim
-        self.reward = mlp(in_dim, args.decoder_hidden, 1, out_std=1.0)
-        self.next_state = mlp(in_dim, args.decoder_hidden, obs_dim, out_std=1.0) if args.state_decoder else None
+        self.reward_inputs = ["next_obs"] + ["obs"] * args.decoder_prev_state + ["action"] * args.decoder_action
+        self.reward = mlp(len(self.reward_inputs) * args.embed_dim + args.latent_dim, args.decoder_hidden, 1,
+                          out_std=1.0)
+        self.next_state = (mlp(2 * args.embed_dim + args.latent_dim, args.decoder_hidden, obs_dim, out_std=1.0)
+                           if args.state_decoder else None)
 
-    def forward(self, latent, obs, action):
-        inputs = torch.cat([self.state_embed(obs), self.action_embed(action), latent], -1)
-        next_state = self.next_state(inputs) if self.next_state is not None else None
-        return self.reward(inputs).squeeze(-1), next_state
+    def forward(self, latent, obs, action, next_obs):
+        embedded = {"obs": self.state_embed(obs), "action": self.action_embed(action),
+                    "next_obs": self.state_embed(next_obs)}
+        reward = self.reward(torch.cat([embedded[k] for k in self.reward_inputs] + [latent], -1)).squeeze(-1)
+        if self.next_state is None:
+            return reward, None
+        return reward, self.next_state(torch.cat([embedded["obs"], embedded["action"], latent], -1))
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean and variance of a stream of batches (kept as buffers, so checkpoints carry them)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("count", torch.tensor(1e-4))
+
+    def update(self, x):
+        x = x.reshape(-1, x.shape[-1])
+        batch_mean, batch_var, batch_count = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        delta, total = batch_mean - self.mean, self.count + batch_count
+        self.var.copy_((self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total) / total)
+        self.mean.add_(delta * batch_count / total)
+        self.count.copy_(total)
+
+    def normalize(self, x):
+        return ((x - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-10.0, 10.0)
 
 
 class Agent(nn.Module):
@@ -255,6 +291,7 @@ class Agent(nn.Module):
     def __init__(self, obs_dim: int, num_actions: int, args: Args):
         super().__init__()
         in_dim = obs_dim + 2 * args.latent_dim + int(args.time_feature)
+        self.belief_rms = RunningMeanStd(2 * args.latent_dim)
         self.critic = mlp(in_dim, args.policy_hidden, 1, out_std=1.0)
         self.actor = mlp(in_dim, args.policy_hidden, num_actions, out_std=0.01)
 
@@ -269,9 +306,11 @@ class Agent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), self.get_value(x)
 
 
-def policy_input(obs, step: int, horizon: int, mean, logvar, args: Args):
-    """(s, [t/H], belief mean, belief logvar): the belief-augmented state the actor and critic see."""
-    parts = [obs, mean, logvar]
+def policy_input(agent: Agent, obs, step: int, horizon: int, mean, logvar, args: Args):
+    """(s, [t/H], belief mean, belief logvar): the belief-augmented state the actor and critic see; with
+    --norm-belief the belief is standardised by the running statistics of the beliefs seen in rollouts."""
+    belief = torch.cat([mean, logvar], -1)
+    parts = [obs, agent.belief_rms.normalize(belief) if args.norm_belief else belief]
     if args.time_feature:
         parts.insert(1, torch.full_like(obs[:, :1], step / horizon))
     return torch.cat(parts, -1)
@@ -346,14 +385,15 @@ def reconstruction_loss(decoder, means, logvars, obs, actions, rewards, next_obs
     horizon, k = obs.shape[0], len(belief_steps)
     latent = latent[:, None].expand(k, horizon, *latent.shape[1:])  # (K, H, B, D)
     expand = lambda x: x[None].expand(k, *x.shape)  # noqa: E731
-    predicted_reward, predicted_state = decoder(latent, expand(obs), expand(actions))
-    pair_mask = mask[belief_steps].float()  # (K, H, B)
+    predicted_reward, predicted_state = decoder(latent, expand(obs), expand(actions), expand(next_obs))
+    # a session's last transition is followed by the next session's start state, not by where the move landed:
+    # neither its next state nor (for a decoder reading s_{t+1}) its reward can be decoded, so it is left out
+    pair_mask = mask[belief_steps].float() * (1 - session_done.float())[None]  # (K, H, B)
     num_beliefs = pair_mask.shape[0] * pair_mask.shape[2]
     loss = ((predicted_reward - rewards[None]) ** 2 * pair_mask).sum() / num_beliefs
-    if predicted_state is not None:  # a session's last transition lands in a reset state: not dynamics
-        state_mask = pair_mask * (1 - session_done.float())[None]
+    if predicted_state is not None:
         state_error = ((predicted_state - next_obs[None]) ** 2).sum(-1)
-        loss = loss + (state_error * state_mask).sum() / num_beliefs
+        loss = loss + (state_error * pair_mask).sum() / num_beliefs
     return loss
 
 
@@ -509,7 +549,7 @@ def evaluate(encoder, agent, args, env_kwargs, device, num_episodes: int, consec
         for t in range(args.horizon):
             obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device) * scale + shift
             mean, logvar, termination_logit = state.encode(encoder, obs_t)
-            inputs = policy_input(obs_t, t, args.horizon, mean, logvar, args)
+            inputs = policy_input(agent, obs_t, t, args.horizon, mean, logvar, args)
             action, _, _, _ = agent.get_action_and_value(inputs, deterministic=True)
             obs, reward, _, _, info = eval_envs.step(action.cpu().numpy())
             total += reward
@@ -543,7 +583,7 @@ def record_video(encoder, agent, args, env_kwargs, device, folder: str, seed: in
     for t in range(args.horizon):
         obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None] * scale + shift
         mean, logvar, termination_logit = state.encode(encoder, obs_t)
-        action, _, _, _ = agent.get_action_and_value(policy_input(obs_t, t, args.horizon, mean, logvar, args),
+        action, _, _, _ = agent.get_action_and_value(policy_input(agent, obs_t, t, args.horizon, mean, logvar, args),
                                                      deterministic=True)
         obs, reward, _, _, info = env.step(int(action))
         info = {"session_done": np.array([info["session_done"]])}
@@ -694,6 +734,7 @@ if __name__ == "__main__":
     rewards = torch.zeros((args.horizon, args.num_envs), device=device)
     values = torch.zeros((args.horizon, args.num_envs), device=device)
     session_done = torch.zeros((args.horizon, args.num_envs), dtype=torch.bool, device=device)
+    beliefs = torch.zeros((args.horizon, args.num_envs, 2 * args.latent_dim), device=device)
     policy_inputs = torch.zeros((args.horizon, args.num_envs, obs_dim + 2 * args.latent_dim + int(args.time_feature)),
                                 device=device)
     scale, shift = observation_scaling(envs_.single_observation_space, device)
@@ -755,7 +796,8 @@ if __name__ == "__main__":
             for t in range(args.horizon):
                 obs[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift
                 mean, logvar, termination_logit = state.encode(encoder, obs[t])
-                policy_inputs[t] = policy_input(obs[t], t, args.horizon, mean, logvar, args)
+                beliefs[t] = torch.cat([mean, logvar], -1)
+                policy_inputs[t] = policy_input(agent, obs[t], t, args.horizon, mean, logvar, args)
                 action, logprob, _, value = agent.get_action_and_value(policy_inputs[t])
                 actions[t], logprobs[t], values[t] = action, logprob, value
                 next_obs, reward, _, _, info = envs_.step(action.cpu().numpy())
@@ -764,6 +806,7 @@ if __name__ == "__main__":
                 next_obs_buf[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift
                 state.observe(F.one_hot(action, num_actions).float(), rewards[t], mean, logvar,
                               session_end_signal(info, termination_logit, args, device))
+        agent.belief_rms.update(beliefs)
         for _ in range(args.vae_random_episodes // args.num_envs):
             buffer.add(*random_episodes(envs_, args, num_actions, scale, shift, device))
         global_step += args.batch_size

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from conftest import ROOT, TINY
 
 
@@ -20,3 +22,34 @@ def test_gridworld_benchmark_writes_table_and_plots_and_does_not_redo_finished_r
     assert (tmp_path / "docs" / "bench_sessions.png").stat().st_size > 10_000
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done already") == 4, again.stdout
+
+
+def test_the_belief_probe_posterior_is_the_exact_bayesian_posterior():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import belief_probe
+
+    _, posteriors, latents = belief_probe.explorer_episodes(4000, 0.3, seed=3, env_kwargs={})
+    p = posteriors[..., 0].numpy()
+    reachable = {0.0, 0.5, 1.0}  # certainty, or no information; a session's end maps p to 0.2 p + 0.8 (1 - p)
+    for _ in range(3):
+        reachable |= {0.8 - 0.6 * q for q in reachable}
+    reachable = np.array(sorted(reachable))
+    assert np.isclose(p[..., None], reachable, atol=1e-6).any(-1).all()
+    assert ((p == 1.0) <= (latents == 0)).all() and ((p == 0.0) <= (latents == 1)).all()  # certainty is right
+    for value in (0.2, 0.5, 0.8):  # and the frequent uncertain values are calibrated
+        chosen = np.isclose(p, value)
+        assert chosen.sum() > 2000 and abs((latents[chosen] == 0).mean() - value) < 0.03
+
+
+def test_the_belief_probe_writes_results_and_a_checkpoint_dynamite_rl_resumes(tmp_path):
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "belief_probe.py"), "--updates", "4",
+               "--probe-every", "2", "--train-episodes", "64", "--test-episodes", "40", "--run-dir",
+               str(tmp_path / "run"), "--output", str(tmp_path / "probe"), "--extra=--num-envs 8 --num-minibatches 2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "probe.md").read_text().count("\n| ") == 3  # header and updates 2, 4
+    resumed = subprocess.run([sys.executable, os.path.join(ROOT, "dynamite_rl.py"), "--resume",
+                              str(tmp_path / "run" / "checkpoint.pt"), "--total-timesteps", "960"],
+                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert '"vae_updates": 0' in (tmp_path / "run" / "eval.json").read_text()

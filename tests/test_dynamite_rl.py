@@ -137,6 +137,9 @@ def test_reconstruction_ignores_masked_out_targets():
     inside = rewards.clone()
     inside[1, 0] += 10.0
     assert loss(inside) > base + 1.0
+    last = rewards.clone()
+    last[2, 0] += 10.0  # the session's last transition: followed by the next session's start, not decoded
+    torch.testing.assert_close(loss(last), base)
     full = dm.reconstruction_mask(SESSION_DONE, session_recon=False)
     assert dm.reconstruction_loss(decoder, means, logvars, obs, actions, outside, obs, SESSION_DONE, full, steps) != \
         dm.reconstruction_loss(decoder, means, logvars, obs, actions, rewards, obs, SESSION_DONE, full, steps)
@@ -255,9 +258,37 @@ def test_observation_scaling_maps_bounds_to_unit_interval():
 
 def test_policy_input_carries_the_elapsed_fraction_of_the_episode():
     obs, mean, logvar = torch.zeros(3, 6), torch.ones(3, 5), -torch.ones(3, 5)
-    with_time = dm.policy_input(obs, 15, 60, mean, logvar, dm.Args())
+    agent = dm.Agent(6, 5, dm.Args())
+    with_time = dm.policy_input(agent, obs, 15, 60, mean, logvar, dm.Args())
     assert with_time.shape == (3, 17) and (with_time[:, 6] == 0.25).all()
-    assert dm.policy_input(obs, 15, 60, mean, logvar, dm.Args(time_feature=False)).shape == (3, 16)
+    assert dm.policy_input(agent, obs, 15, 60, mean, logvar, dm.Args(time_feature=False)).shape == (3, 16)
+
+
+def test_running_statistics_equal_those_of_all_batches_together():
+    torch.manual_seed(0)
+    rms = dm.RunningMeanStd(3)
+    batches = [torch.randn(7, 4, 3) * 5 + 2, torch.randn(2, 9, 3) - 1, torch.randn(30, 1, 3) * 0.1]
+    for batch in batches:
+        rms.update(batch)
+    everything = torch.cat([b.reshape(-1, 3) for b in batches])
+    torch.testing.assert_close(rms.mean, everything.mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(rms.var, everything.var(0, unbiased=False), atol=1e-3, rtol=1e-4)
+    normalized = rms.normalize(everything)
+    torch.testing.assert_close(normalized.mean(0), torch.zeros(3), atol=1e-3, rtol=0)
+
+
+def test_the_policy_sees_the_belief_standardised_by_the_running_statistics():
+    args = dm.Args()
+    agent = dm.Agent(6, 5, args)
+    beliefs = torch.randn(60, 8, 10) * 3 + 4
+    agent.belief_rms.update(beliefs)
+    obs = torch.zeros(60 * 8, 6)
+    inputs = dm.policy_input(agent, obs, 0, 60, beliefs.reshape(-1, 10)[:, :5], beliefs.reshape(-1, 10)[:, 5:], args)
+    torch.testing.assert_close(inputs[:, 7:].mean(0), torch.zeros(10), atol=1e-3, rtol=0)
+    torch.testing.assert_close(inputs[:, 7:].std(0), torch.ones(10), atol=1e-2, rtol=0)
+    raw = dm.policy_input(agent, obs, 0, 60, beliefs.reshape(-1, 10)[:, :5], beliefs.reshape(-1, 10)[:, 5:],
+                          dm.Args(norm_belief=False))
+    torch.testing.assert_close(raw[:, 7:], beliefs.reshape(-1, 10))
 
 
 def test_episode_buffer_keeps_the_last_episodes_and_samples_time_major():
@@ -316,3 +347,17 @@ def test_capture_video_writes_an_evaluation_episode(tmp_path):
     run_dir = run_script("dynamite_rl.py", *TINY, "--capture-video", cwd=tmp_path)
     videos = [f for f in os.listdir(os.path.join(run_dir, "videos")) if f.endswith(".mp4")]
     assert len(videos) == 1 and os.path.getsize(os.path.join(run_dir, "videos", videos[0])) > 1000
+
+
+def test_the_reward_decoder_reads_the_state_the_transition_lands_in():
+    torch.manual_seed(0)
+    latent, obs, next_obs = torch.randn(4, 3), torch.randn(4, 6), torch.randn(4, 6)
+    action = torch.nn.functional.one_hot(torch.arange(4), 5).float()
+    decoder = dm.Decoder(6, 5, dm.Args(latent_dim=3))
+    reward, state = decoder(latent, obs, action, next_obs)
+    assert state is None
+    torch.testing.assert_close(decoder(latent, torch.randn(4, 6), action.flip(0), next_obs)[0], reward)
+    assert not torch.allclose(decoder(latent, obs, action, torch.randn(4, 6))[0], reward)
+    full = dm.Decoder(6, 5, dm.Args(latent_dim=3, decoder_prev_state=True, decoder_action=True, state_decoder=True))
+    reward, state = full(latent, obs, action, next_obs)
+    assert state.shape == (4, 6) and not torch.allclose(full(latent, obs, action.flip(0), next_obs)[0], reward)
