@@ -179,7 +179,7 @@ def main(args: Args) -> dict:
                        {"vae": vae_optimizer, "policy": torch.optim.Adam(agent.parameters(), lr=vae_args.learning_rate, eps=1e-5)},
                        vae_args, 0, 0, envs_, dm.EpisodeBuffer(1, vae_args.horizon, obs_dim, num_actions, "cpu"))
 
-    result = {"command": "python benchmarks/belief_probe.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    result = {"command": " ".join(["python benchmarks/belief_probe.py", *map(shlex.quote, sys.argv[1:])]),
               "args": asdict(args), "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(f"{args.output}.json", "w") as f:
