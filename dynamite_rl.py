@@ -249,19 +249,27 @@ class Decoder(nn.Module):
         super().__init__()
         self.state_embed = nn.Sequential(nn.Linear(obs_dim, args.embed_dim), nn.ReLU())
         self.action_embed = nn.Sequential(nn.Linear(num_actions, args.embed_dim), nn.ReLU())
-        self.reward_inputs = ["next_obs"] + ["obs"] * args.decoder_prev_state + ["action"] * args.decoder_action
-        self.reward = mlp(len(self.reward_inputs) * args.embed_dim + args.latent_dim, args.decoder_hidden, 1,
-                          out_std=1.0)
+        self.prev_state, self.action = args.decoder_prev_state, args.decoder_action
+        in_dim = (1 + self.prev_state + self.action) * args.embed_dim + args.latent_dim
+        self.reward = mlp(in_dim, args.decoder_hidden, 1, out_std=1.0)
         self.next_state = (mlp(2 * args.embed_dim + args.latent_dim, args.decoder_hidden, obs_dim, out_std=1.0)
                            if args.state_decoder else None)
 
     def forward(self, latent, obs, action, next_obs):
-        embedded = {"obs": self.state_embed(obs), "action": self.action_embed(action),
-                    "next_obs": self.state_embed(next_obs)}
-        reward = self.reward(torch.cat([embedded[k] for k in self.reward_inputs] + [latent], -1)).squeeze(-1)
+        """Transitions (..., dim) are embedded once and decoded under every latent (K, ..., latent_dim)."""
+
+        def features(*embedded):
+            return torch.cat([e.expand(*latent.shape[:-1], -1) for e in embedded] + [latent], -1)
+
+        reward_inputs = [self.state_embed(next_obs)]
+        if self.prev_state:
+            reward_inputs.append(self.state_embed(obs))
+        if self.action:
+            reward_inputs.append(self.action_embed(action))
+        reward = self.reward(features(*reward_inputs)).squeeze(-1)
         if self.next_state is None:
             return reward, None
-        return reward, self.next_state(torch.cat([embedded["obs"], embedded["action"], latent], -1))
+        return reward, self.next_state(features(self.state_embed(obs), self.action_embed(action)))
 
 
 class RunningMeanStd(nn.Module):
@@ -384,8 +392,7 @@ def reconstruction_loss(decoder, means, logvars, obs, actions, rewards, next_obs
     latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if sample else mean
     horizon, k = obs.shape[0], len(belief_steps)
     latent = latent[:, None].expand(k, horizon, *latent.shape[1:])  # (K, H, B, D)
-    expand = lambda x: x[None].expand(k, *x.shape)  # noqa: E731
-    predicted_reward, predicted_state = decoder(latent, expand(obs), expand(actions), expand(next_obs))
+    predicted_reward, predicted_state = decoder(latent, obs, actions, next_obs)
     # a session's last transition is followed by the next session's start state, not by where the move landed:
     # neither its next state nor (for a decoder reading s_{t+1}) its reward can be decoded, so it is left out
     pair_mask = mask[belief_steps].float() * (1 - session_done.float())[None]  # (K, H, B)
