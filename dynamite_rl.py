@@ -285,7 +285,8 @@ class RunningMeanStd(nn.Module):
         x = x.reshape(-1, x.shape[-1])
         batch_mean, batch_var, batch_count = x.mean(0), x.var(0, unbiased=False), x.shape[0]
         delta, total = batch_mean - self.mean, self.count + batch_count
-        self.var.copy_((self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total) / total)
+        merged = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.var.copy_(merged / total)
         self.mean.add_(delta * batch_count / total)
         self.count.copy_(total)
 
@@ -386,8 +387,9 @@ def reconstruction_loss(decoder, means, logvars, obs, actions, rewards, next_obs
                         sample: bool = True):
     """Negative log-likelihood (unit-variance Gaussian: squared error) of the transitions in ``mask``, summed over
     each belief's targets and averaged over beliefs and episodes, for the beliefs at ``belief_steps``; each belief
-    decodes a reparameterised sample m ~ q_t (its mean with ``sample=False``). Summing over targets follows the ELBO: averaging would shrink the
-    few informative transitions (a goal reached) against the KL and let the posterior collapse."""
+    decodes a reparameterised sample m ~ q_t (its mean with ``sample=False``). Summing over targets follows the
+    ELBO: averaging would shrink the few informative transitions (a goal reached) against the KL and let the
+    posterior collapse."""
     mean, logvar = means[belief_steps], logvars[belief_steps]  # (K, B, D)
     latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if sample else mean
     horizon, k = obs.shape[0], len(belief_steps)

@@ -118,7 +118,8 @@ def probe(encoder, vae_args, data, posteriors, seed: int) -> dict:
     x_test, y_test = features[test].reshape(-1, features.shape[-1]), target[test].reshape(-1)
     center, spread = x_fit.mean(0), x_fit.std(0) + 1e-6
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Linear(features.shape[-1], 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1))
+    net = nn.Sequential(nn.Linear(features.shape[-1], 128), nn.ReLU(),
+                        nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1))
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     for _ in range(1500):
         index = torch.randint(len(x_fit), (1024,))
@@ -142,7 +143,9 @@ def main(args: Args) -> dict:
     if vae_args.env_id != "dynamite/Gridworld-v0":
         raise SystemExit("error: the belief probe needs the Gridworld (its exact posterior is computed here)")
     torch.set_num_threads(vae_args.num_threads)
-    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
     train, _, _ = explorer_episodes(args.train_episodes, args.epsilon, args.seed, env_kwargs)
     tests = {"explorer": explorer_episodes(args.test_episodes, args.epsilon, args.seed + 1, env_kwargs)[:2],
              "random": explorer_episodes(args.test_episodes, 1.0, args.seed + 2, env_kwargs)[:2]}
@@ -164,7 +167,8 @@ def main(args: Args) -> dict:
             row = {"updates": update, "seconds": round(time.time() - start, 1),
                    **{k: round(v.item(), 4) for k, v in terms.items()}}
             for name, (data, posteriors) in tests.items():
-                row.update({f"{name}/{k}": round(v, 3) for k, v in probe(encoder, vae_args, data, posteriors, args.seed).items()})
+                measured = probe(encoder, vae_args, data, posteriors, args.seed)
+                row.update({f"{name}/{k}": round(v, 3) for k, v in measured.items()})
             rows.append(row)
             print(" | ".join(f"{k} {v}" for k, v in row.items()), flush=True)
 
@@ -176,7 +180,8 @@ def main(args: Args) -> dict:
     os.makedirs(args.run_dir, exist_ok=True)
     dm.save_checkpoint(os.path.join(args.run_dir, "checkpoint.pt"),
                        {"encoder": encoder, "decoder": decoder, "prior": prior_net, "agent": agent},
-                       {"vae": vae_optimizer, "policy": torch.optim.Adam(agent.parameters(), lr=vae_args.learning_rate, eps=1e-5)},
+                       {"vae": vae_optimizer,
+                        "policy": torch.optim.Adam(agent.parameters(), lr=vae_args.learning_rate, eps=1e-5)},
                        vae_args, 0, 0, envs_, dm.EpisodeBuffer(1, vae_args.horizon, obs_dim, num_actions, "cpu"))
 
     result = {"command": " ".join(["python benchmarks/belief_probe.py", *map(shlex.quote, sys.argv[1:])]),
@@ -188,7 +193,8 @@ def main(args: Args) -> dict:
               "random/linear_belief"]
     with open(f"{args.output}.md", "w") as f:
         f.write(f"# Belief probe\n\n`{result['command']}`\n\nR² of the exact posterior P(goal 0 pays) from the belief "
-                "on held-out episodes (explorer: the training behaviour; random: uniformly random actions).\n\n")
+                "on held-out episodes (explorer: the training behaviour; random: uniformly random actions); "
+                "seconds: wall time since the start, probes included.\n\n")
         f.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
         for row in rows:
             f.write("| " + " | ".join(str(row[h]) for h in header) + " |\n")
