@@ -10,9 +10,14 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+SCRIPTS = ["dynamite_rl.py", "varibad.py", "rl2.py"]
+VAE_SCRIPTS = ["dynamite_rl.py", "varibad.py"]  # the ones that learn a belief with a VAE
+
 # a tiny budget that still exercises every part of a training script: 2 iterations of 8 episodes
-TINY = ["--num-envs", "8", "--num-minibatches", "2", "--total-timesteps", "960", "--eval-episodes", "16",
-        "--log-every", "1", "--vae-updates", "2", "--vae-batch-episodes", "8"]
+_TINY = ["--num-envs", "8", "--num-minibatches", "2", "--total-timesteps", "960", "--eval-episodes", "16",
+         "--log-every", "1"]
+TINY = {script: _TINY + (["--vae-updates", "2", "--vae-batch-episodes", "8"] if script in VAE_SCRIPTS else [])
+        for script in SCRIPTS}
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from conftest import ROOT, TINY
 
 
 def test_gridworld_benchmark_writes_table_and_plots_and_does_not_redo_finished_runs(tmp_path):
-    extra = "--extra=" + " ".join(f for f in TINY if f not in ("--total-timesteps", "960", "--log-every", "1"))
+    extra = "--extra=" + " ".join(f for f in TINY["dynamite_rl.py"] if f not in ("--total-timesteps", "960", "--log-every", "1"))
     command = [sys.executable, os.path.join(ROOT, "benchmarks", "gridworld.py"), "--methods", "dynamite",
                "no-consistency", "--seeds", "1", "2", "--total-timesteps", "960", "--eval-every", "1",
                "--runs-dir", str(tmp_path / "runs"), "--output", str(tmp_path / "docs" / "bench"), extra]

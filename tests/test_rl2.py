@@ -1,0 +1,72 @@
+"""RL^2: the memory runs through whole episodes, session ends included, and starts afresh with every episode."""
+
+import numpy as np
+import torch
+
+import rl2
+
+
+def episode(seed: int = 0, num_envs: int = 3):
+    """A random-action episode of the Gridworld, scaled as the script scales it, (H, B, ...)."""
+    envs_ = rl2.make_envs("dynamite/Gridworld-v0", num_envs, {})
+    next_obs, _ = envs_.reset(seed=seed)
+    scale, shift = rl2.observation_scaling(envs_.single_observation_space, "cpu")
+    rng = np.random.default_rng(seed)
+    obs, actions, rewards, session_done = [], [], [], []
+    for _ in range(60):
+        action = rng.integers(5, size=num_envs)
+        obs.append(torch.as_tensor(next_obs, dtype=torch.float32) * scale + shift)
+        next_obs, reward, _, _, info = envs_.step(action)
+        actions.append(torch.nn.functional.one_hot(torch.as_tensor(action), 5).float())
+        rewards.append(torch.as_tensor(reward, dtype=torch.float32))
+        session_done.append(torch.as_tensor(info["session_done"]))
+    return torch.stack(obs), torch.stack(actions), torch.stack(rewards), torch.stack(session_done)
+
+
+def test_the_memory_is_not_reset_at_a_session_end():
+    torch.manual_seed(0)
+    args = rl2.Args()
+    agent = rl2.Agent(6, 5, args)
+    obs, actions, rewards, session_done = episode()
+    inputs = rl2.unroll(agent, obs, actions, rewards, args, "cpu")
+    hidden = inputs[..., 7:]  # (s, t/H, h)
+    end = int(torch.nonzero(session_done[:, 0])[0])  # the first session's last step in episode 0
+    carried = agent.recur(hidden[end, :1], actions[end, :1], rewards[end, :1, None], obs[end + 1, :1])
+    reset = agent.recur(torch.zeros_like(carried), actions[end, :1], rewards[end, :1, None], obs[end + 1, :1])
+    torch.testing.assert_close(hidden[end + 1, :1], carried)
+    assert not torch.allclose(hidden[end + 1, :1], reset)
+    # what happened in the first session reaches the policy's input in the next one
+    changed = rewards.clone()
+    changed[2, 0] += 1.0
+    later = rl2.unroll(agent, obs, actions, changed, args, "cpu")
+    assert not torch.equal(later[end + 1, 0], inputs[end + 1, 0])  # a reset would make them identical
+    assert torch.equal(later[:, 1:], inputs[:, 1:]) and torch.equal(later[:3], inputs[:3])
+
+
+def test_every_episode_starts_from_a_zero_memory():
+    torch.manual_seed(0)
+    args = rl2.Args()
+    agent = rl2.Agent(6, 5, args)
+    state = rl2.RecurrentState(3, 5, args, "cpu")
+    assert not state.hidden.any() and not state.prev_action.any() and not state.reward.any()
+    obs, actions, rewards, _ = episode(seed=1)
+    first = rl2.unroll(agent, obs, actions, rewards, args, "cpu")
+    other = episode(seed=2)
+    rl2.unroll(agent, *other[:3], args, "cpu")  # an episode before it changes nothing
+    torch.testing.assert_close(rl2.unroll(agent, obs, actions, rewards, args, "cpu"), first)
+    expected = agent.recur(torch.zeros(3, args.gru_hidden), torch.zeros(3, 5), torch.zeros(3, 1), obs[0])
+    torch.testing.assert_close(first[0, :, 7:], expected)
+
+
+def test_the_update_replays_the_rollout_exactly(tmp_path):
+    """The first PPO minibatch recomputes the rollout's log-probabilities from a zero memory: a rollout that
+    carried memory over from the previous episode would make them differ."""
+    from conftest import TINY, run_script
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = run_script("rl2.py", *TINY["rl2.py"], "--update-epochs", "1", "--num-minibatches", "1", cwd=tmp_path)
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    kls = [event.value for event in events.Scalars("losses/approx_kl")]
+    clipfracs = [event.value for event in events.Scalars("losses/clipfrac")]
+    assert len(kls) == 2 and max(abs(k) for k in kls) < 1e-6 and max(clipfracs) == 0
