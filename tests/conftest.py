@@ -10,14 +10,16 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SCRIPTS = ["dynamite_rl.py", "varibad.py", "rl2.py"]
+SCRIPTS = ["dynamite_rl.py", "varibad.py", "rl2.py", "contrabar.py"]
 VAE_SCRIPTS = ["dynamite_rl.py", "varibad.py"]  # the ones that learn a belief with a VAE
 
 # a tiny budget that still exercises every part of a training script: 2 iterations of 8 episodes
 _TINY = ["--num-envs", "8", "--num-minibatches", "2", "--total-timesteps", "960", "--eval-episodes", "16",
          "--log-every", "1"]
-TINY = {script: _TINY + (["--vae-updates", "2", "--vae-batch-episodes", "8"] if script in VAE_SCRIPTS else [])
-        for script in SCRIPTS}
+_ENCODER_STEPS = {"dynamite_rl.py": ["--vae-updates", "2", "--vae-batch-episodes", "8"],
+                  "varibad.py": ["--vae-updates", "2", "--vae-batch-episodes", "8"],
+                  "contrabar.py": ["--cpc-updates", "2", "--cpc-batch-episodes", "8"]}
+TINY = {script: _TINY + _ENCODER_STEPS.get(script, []) for script in SCRIPTS}
 
 
 @pytest.fixture(autouse=True)

@@ -12,12 +12,13 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
+import contrabar
 import dynamite_rl
 import rl2
 import varibad
 from conftest import ROOT, SCRIPTS, TINY, VAE_SCRIPTS, run_script
 
-MODULES = {"dynamite_rl.py": dynamite_rl, "varibad.py": varibad, "rl2.py": rl2}
+MODULES = {"dynamite_rl.py": dynamite_rl, "varibad.py": varibad, "rl2.py": rl2, "contrabar.py": contrabar}
 # an episode pair of H = 6 steps with session ends marked
 SESSION_DONE = torch.tensor([[0, 0], [0, 1], [1, 0], [0, 0], [0, 1], [1, 1]], dtype=torch.bool)
 

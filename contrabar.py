@@ -1,0 +1,702 @@
+# ContraBAR: Choshen & Tamar, "ContraBAR: Contrastive Bayes-Adaptive Deep RL", ICML 2023.
+# A GRU history encoder h_t = f(tau_{:t}) trained by contrastive predictive coding (CPC). From h_t and the
+# actions that follow, a second GRU predicts embeddings of the future observations (r, s') k = 1..K steps ahead,
+# and an InfoNCE loss tells the true future from the same step of other trajectories in the batch: a sufficient
+# statistic of the belief, learned without reconstructing anything. PPO acts on (s, h), the encoder detached.
+# Run `python contrabar.py --help` for every flag.
+import json
+import os
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.optim as optim
+import tyro
+from torch.distributions.categorical import Categorical
+from torch.utils.tensorboard import SummaryWriter
+
+import envs  # noqa: F401  (registers the dynamite/ environments with gymnasium)
+
+
+@dataclass
+class Args:
+    # Experiment
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda is used when it is available"""
+    num_threads: int = 1
+    """torch CPU threads (one per run lets two seeds share a 2-core machine)"""
+    track: bool = False
+    """if toggled, the run is tracked with Weights and Biases (WANDB_MODE=offline works)"""
+    wandb_project_name: str = "dynamite-rl"
+    """the wandb project; every algorithm of this library logs to the same one"""
+    wandb_entity: str | None = None
+    """the entity (team) of the wandb project"""
+    wandb_group: str | None = None
+    """the wandb group, e.g. one per comparison"""
+    capture_video: bool = False
+    """if toggled, records a video of one evaluation episode into the run folder"""
+    save_model: bool = False
+    """if toggled, writes a checkpoint to the run folder at every evaluation, at the end and on Ctrl-C"""
+    resume: str | None = None
+    """path of a checkpoint to continue from (its run folder is reused)"""
+    run_dir: str | None = None
+    """folder of the run's logs, evaluations and checkpoint (default: runs/<env>__<exp_name>__<seed>__<time>)"""
+    eval_every: int = 25
+    """evaluate every this many iterations (and at the end); 0 evaluates only at the end"""
+    eval_episodes: int = 2000
+    """number of episodes of each evaluation"""
+    log_every: int = 10
+    """print a progress line every this many iterations"""
+
+    # Environment
+    env_id: str = "dynamite/Gridworld-v0"
+    """the id of the environment"""
+    env_kwargs: str = "{}"
+    """constructor arguments of the environment as JSON, e.g. '{"size": 7, "num_goals": 3}'"""
+    total_timesteps: int = 4_000_000
+    """total environment steps of the experiment"""
+    num_envs: int = 64
+    """number of environments stepped in lock-step; each iteration collects one whole episode of each"""
+
+    # Algorithm: PPO on the history-augmented state
+    learning_rate: float = 1e-3
+    """learning rate of the policy and critic optimizer"""
+    anneal_lr: bool = True
+    """anneal the policy learning rate linearly to 10% of its value"""
+    gamma: float = 0.99
+    """the discount factor"""
+    gae_lambda: float = 0.95
+    """the lambda of generalized advantage estimation"""
+    num_minibatches: int = 4
+    """the number of PPO minibatches (the batch is split by environment)"""
+    update_epochs: int = 4
+    """the number of PPO epochs per iteration"""
+    norm_adv: bool = True
+    """normalize advantages per minibatch"""
+    clip_coef: float = 0.2
+    """the PPO clipping coefficient"""
+    clip_vloss: bool = False
+    """clip the value loss as in the PPO paper's implementation (off: returns here are tens, not ~1)"""
+    ent_coef: float = 0.01
+    """entropy bonus coefficient, annealed linearly to 0"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """the maximum gradient norm, applied to the actor, the critic and the encoder separately"""
+    policy_hidden: int = 128
+    """width of the two hidden layers of the actor and of the critic"""
+    time_feature: bool = True
+    """give the actor and critic the elapsed fraction t/H of the episode (the horizon is part of the task)"""
+
+    # Algorithm: the contrastive history encoder (CPC)
+    embed_dim: int = 16
+    """size of the state, action and reward embeddings"""
+    encoder_hidden: int = 64
+    """width of the two layers between the embeddings and the GRU"""
+    gru_hidden: int = 128
+    """size of the GRU hidden state h, the policy's summary of the history"""
+    cpc_dim: int = 64
+    """size of the embeddings of future observations the InfoNCE loss compares"""
+    cpc_steps: int = 8
+    """K: how many steps ahead each history predicts"""
+    cpc_anchors: int = 15
+    """histories per episode whose futures are scored at each encoder step (sampled, all steps if >= H)"""
+    cpc_learning_rate: float = 1e-3
+    """learning rate of the encoder optimizer"""
+    cpc_updates: int = 8
+    """encoder gradient steps per iteration (0 freezes the encoder)"""
+    cpc_batch_episodes: int = 64
+    """episodes per encoder gradient step, drawn from the buffer; each one's negatives are the others"""
+    cpc_buffer_episodes: int = 10000
+    """the encoder trains on the last this many episodes"""
+
+    # Filled in at runtime
+    horizon: int = 0
+    """episode length H (from the environment)"""
+    batch_size: int = 0
+    """environment steps per iteration"""
+    num_iterations: int = 0
+    """the number of iterations"""
+
+
+def make_envs(env_id: str, num_envs: int, env_kwargs: dict) -> gym.vector.VectorEnv:
+    """Lock-step environments without autoreset: every iteration resets them and plays whole episodes."""
+    spec = gym.spec(env_id)
+    if spec.vector_entry_point is not None:
+        return gym.make_vec(env_id, num_envs=num_envs, autoreset_mode="Disabled", **env_kwargs)
+    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.DISABLED}, **env_kwargs)
+
+
+def observation_scaling(space: gym.spaces.Box, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) mapping the finite bounds of the observation space to [-1, 1]; identity where unbounded."""
+    low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+    finite = np.isfinite(low) & np.isfinite(high) & (high > low)
+    low, high = np.where(finite, low, -1.0), np.where(finite, high, 1.0)  # unbounded dims: identity
+    scale, shift = 2.0 / (high - low), -(high + low) / (high - low)
+    return (torch.as_tensor(scale, dtype=torch.float32, device=device),
+            torch.as_tensor(shift, dtype=torch.float32, device=device))
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, out_std: float = np.sqrt(2)) -> nn.Sequential:
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden)), nn.ReLU(),
+        layer_init(nn.Linear(hidden, hidden)), nn.ReLU(),
+        layer_init(nn.Linear(hidden, out_dim), std=out_std),
+    )
+
+
+# ALGO LOGIC: networks
+class Encoder(nn.Module):
+    """h_t = f(tau_{:t}): embeddings of (a_{t-1}, r_t, s_t) -> 2 FC -> GRU."""
+
+    def __init__(self, obs_dim: int, num_actions: int, args: Args):
+        super().__init__()
+        self.state_embed = nn.Sequential(nn.Linear(obs_dim, args.embed_dim), nn.ReLU())
+        self.action_embed = nn.Sequential(nn.Linear(num_actions, args.embed_dim), nn.ReLU())
+        self.reward_embed = nn.Sequential(nn.Linear(1, args.embed_dim), nn.ReLU())
+        self.fc = nn.Sequential(
+            nn.Linear(3 * args.embed_dim, args.encoder_hidden), nn.ReLU(),
+            nn.Linear(args.encoder_hidden, args.encoder_hidden), nn.ReLU(),
+        )
+        self.gru = nn.GRUCell(args.encoder_hidden, args.gru_hidden)
+
+    def forward(self, hidden, prev_action, reward, obs):
+        """One step: input (a_{t-1}, r_t, s_t)."""
+        parts = [self.action_embed(prev_action), self.reward_embed(reward), self.state_embed(obs)]
+        return self.gru(self.fc(torch.cat(parts, -1)), hidden)
+
+
+class FuturePredictor(nn.Module):
+    """The CPC heads: an action GRU rolls h_t forward over a_t, ..., a_{t+k-1} to a query for step k, and an
+    observation encoder embeds what step k brought, (r_{t+k-1}, s_{t+k})."""
+
+    def __init__(self, obs_dim: int, num_actions: int, args: Args):
+        super().__init__()
+        self.action_embed = nn.Sequential(nn.Linear(num_actions, args.embed_dim), nn.ReLU())
+        self.action_gru = nn.GRUCell(args.embed_dim, args.gru_hidden)
+        self.query = nn.Linear(args.gru_hidden, args.cpc_dim)
+        self.future = mlp(obs_dim + 1, args.encoder_hidden, args.cpc_dim, out_std=1.0)
+
+    def queries(self, hidden, future_actions):
+        """(K, ..., cpc_dim) queries from hidden (..., G) and the next K actions (K, ..., A)."""
+        context, out = hidden.reshape(-1, hidden.shape[-1]), []
+        for action in future_actions:
+            context = self.action_gru(self.action_embed(action.reshape(-1, action.shape[-1])), context)
+            out.append(self.query(context).reshape(*hidden.shape[:-1], -1))
+        return torch.stack(out)
+
+    def embed(self, reward, next_obs):
+        return self.future(torch.cat([reward[..., None], next_obs], -1))
+
+
+class Agent(nn.Module):
+    """Actor and critic on (s, h); h is detached from the encoder."""
+
+    def __init__(self, obs_dim: int, num_actions: int, args: Args):
+        super().__init__()
+        in_dim = obs_dim + args.gru_hidden + int(args.time_feature)
+        self.critic = mlp(in_dim, args.policy_hidden, 1, out_std=1.0)
+        self.actor = mlp(in_dim, args.policy_hidden, num_actions, out_std=0.01)
+
+    def get_value(self, x):
+        return self.critic(x).squeeze(-1)
+
+    def get_action_and_value(self, x, action=None, deterministic=False):
+        logits = self.actor(x)
+        probs = Categorical(logits=logits)
+        if action is None:
+            action = logits.argmax(-1) if deterministic else probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), self.get_value(x)
+
+
+def policy_input(obs, step: int, horizon: int, hidden, args: Args):
+    """(s, [t/H], h): what the actor and critic see."""
+    parts = [obs, hidden]
+    if args.time_feature:
+        parts.insert(1, torch.full_like(obs[:, :1], step / horizon))
+    return torch.cat(parts, -1)
+
+
+# ALGO LOGIC: the objective
+def infonce_loss(queries, targets, valid):
+    """InfoNCE over trajectories: queries and targets (..., B, D); query b's positive is target b, its negatives
+    the targets of the other trajectories at the same step. Mean cross-entropy over the ``valid`` (..., B)."""
+    logits = queries @ targets.transpose(-1, -2)  # (..., B, B): query b against every trajectory's target
+    labels = torch.arange(logits.shape[-1], device=logits.device).expand(logits.shape[:-1])
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
+    valid = valid.reshape(-1).float()
+    return (loss * valid).sum() / valid.sum().clamp(min=1)
+
+
+def cpc_loss(encoder, predictor, batch, args, device):
+    """The ContraBAR objective on a batch of episodes: InfoNCE of the futures 1..K steps after sampled histories;
+    returns (loss, dict of terms)."""
+    obs, actions_onehot, rewards, next_obs, session_done = batch
+    hiddens = encode_episodes(encoder, obs, actions_onehot, rewards, args, device)
+    horizon, num_envs = rewards.shape
+    if args.cpc_anchors >= horizon:
+        anchors = torch.arange(horizon, device=device)
+    else:
+        anchors = torch.randperm(horizon)[: args.cpc_anchors].to(device)
+    steps = anchors[None, :] + torch.arange(args.cpc_steps, device=device)[:, None]  # (K, N): step t + k - 1
+    valid = (steps < horizon)[..., None].expand(-1, -1, num_envs)  # futures past the episode's end do not count
+    steps = steps.clamp(max=horizon - 1)
+    queries = predictor.queries(hiddens[anchors], actions_onehot[steps])  # (K, N, B, cpc_dim)
+    targets = predictor.embed(rewards[steps], next_obs[steps])
+    loss = infonce_loss(queries, targets, valid)
+    return loss, {"infonce": loss}
+
+
+def compute_gae(rewards, values, next_values, episode_ends, gamma: float, gae_lambda: float):
+    """Advantages and returns, (H, B). ``next_values[t]`` bootstraps step t (0 after a termination, V(final
+    obs) after a truncation that is not the task's end); ``episode_ends[t]`` stops the recursion after t."""
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * next_values[t] - values[t]
+        last = delta + gamma * gae_lambda * (1 - episode_ends[t].float()) * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+# ALGO LOGIC: encoding a batch of episodes step by step, shared by rollouts, training and evaluation
+class HistoryState:
+    """What the encoder carries from step to step: GRU state, last action and reward."""
+
+    def __init__(self, num_envs: int, num_actions: int, args: Args, device):
+        self.hidden = torch.zeros(num_envs, args.gru_hidden, device=device)
+        self.prev_action = torch.zeros(num_envs, num_actions, device=device)
+        self.reward = torch.zeros(num_envs, 1, device=device)
+
+    def encode(self, encoder: Encoder, obs):
+        self.hidden = encoder(self.hidden, self.prev_action, self.reward, obs)
+        return self.hidden
+
+    def observe(self, action_onehot, reward):
+        self.prev_action, self.reward = action_onehot, reward[:, None]
+
+
+def encode_episodes(encoder, obs, actions_onehot, rewards, args, device):
+    """Pass over whole episodes (H, B, ...): the history summaries after each step, (H, B, gru_hidden)."""
+    horizon, num_envs = rewards.shape
+    state = HistoryState(num_envs, actions_onehot.shape[-1], args, device)
+    hiddens = []
+    for t in range(horizon):
+        hiddens.append(state.encode(encoder, obs[t]))
+        state.observe(actions_onehot[t], rewards[t])
+    return torch.stack(hiddens)
+
+
+class EpisodeBuffer:
+    """A ring buffer of whole episodes for encoder training, stored (capacity, H, ...) and sampled as (H, batch, ...)."""
+
+    def __init__(self, capacity: int, horizon: int, obs_dim: int, num_actions: int, device):
+        self.fields = {
+            "obs": torch.zeros(capacity, horizon, obs_dim, device=device),
+            "actions": torch.zeros(capacity, horizon, num_actions, device=device),
+            "rewards": torch.zeros(capacity, horizon, device=device),
+            "next_obs": torch.zeros(capacity, horizon, obs_dim, device=device),
+            "session_done": torch.zeros(capacity, horizon, dtype=torch.bool, device=device),
+        }
+        self.capacity, self.size, self.position = capacity, 0, 0
+
+    def add(self, obs, actions_onehot, rewards, next_obs, session_done):
+        """Append a batch of episodes given as (H, B, ...)."""
+        index = (self.position + torch.arange(obs.shape[1])) % self.capacity
+        for name, value in zip(self.fields, (obs, actions_onehot, rewards, next_obs, session_done)):
+            self.fields[name][index] = value.transpose(0, 1)
+        self.position = int(index[-1] + 1) % self.capacity
+        self.size = min(self.size + obs.shape[1], self.capacity)
+
+    def sample(self, batch: int):
+        index = torch.randint(self.size, (batch,))
+        return tuple(value[index].transpose(0, 1) for value in self.fields.values())
+
+    def state_dict(self) -> dict:
+        return {"size": self.size, "position": self.position,
+                "fields": {name: value[: self.size].clone() for name, value in self.fields.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.size, self.position = state["size"], state["position"]
+        for name, value in state["fields"].items():
+            self.fields[name][: self.size] = value
+
+
+# TRY NOT TO MODIFY: evaluation, the same protocol for every algorithm of this library
+@torch.no_grad()
+def evaluate(encoder, agent, args, env_kwargs, device, num_episodes: int, consecutive: int = 5, seed: int = 0):
+    """Greedy returns: mean and per session over ``num_episodes`` episodes, then ``consecutive`` episodes back to
+    back in the same task (goals kept, the latent's dynamics and the GRU state carried on)."""
+    eval_envs = make_envs(args.env_id, num_episodes, env_kwargs)
+    num_actions = eval_envs.single_action_space.n
+    scale, shift = observation_scaling(eval_envs.single_observation_space, device)
+    state = HistoryState(num_episodes, num_actions, args, device)
+    obs, _ = eval_envs.reset(seed=seed)
+    episode_returns = []
+    for episode in range(consecutive):
+        if episode > 0:
+            obs, _ = eval_envs.reset(options={"keep_task": True})
+        total = np.zeros(num_episodes)
+        session_returns = np.zeros((num_episodes, args.horizon))
+        num_sessions = 0
+        for t in range(args.horizon):
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device) * scale + shift
+            inputs = policy_input(obs_t, t, args.horizon, state.encode(encoder, obs_t), args)
+            action, _, _, _ = agent.get_action_and_value(inputs, deterministic=True)
+            obs, reward, _, _, info = eval_envs.step(action.cpu().numpy())
+            total += reward
+            session_returns[np.arange(num_episodes), info["session"]] += reward
+            num_sessions = max(num_sessions, int(info["session"].max()) + 1)
+            state.observe(F.one_hot(action, num_actions).float(), torch.as_tensor(reward, dtype=torch.float32, device=device))
+        episode_returns.append(float(total.mean()))
+        if episode == 0:
+            first_return, per_session = total, session_returns[:, :num_sessions].mean(0).tolist()
+    eval_envs.close()
+    return {
+        "return": float(first_return.mean()),
+        "return_std": float(first_return.std()),
+        "return_per_session": per_session,
+        "consecutive_episode_returns": episode_returns,
+        "episodes": num_episodes,
+    }
+
+
+@torch.no_grad()
+def record_video(encoder, agent, args, env_kwargs, device, folder: str, seed: int = 0) -> None:
+    """One greedy episode, rendered to an mp4 in ``folder`` (the rendering shows which goal pays)."""
+    env = gym.wrappers.RecordVideo(gym.make(args.env_id, render_mode="rgb_array", **env_kwargs), folder,
+                                   episode_trigger=lambda episode: True, name_prefix="eval")
+    num_actions = env.action_space.n
+    scale, shift = observation_scaling(env.observation_space, device)
+    state = HistoryState(1, num_actions, args, device)
+    obs, _ = env.reset(seed=seed)
+    for t in range(args.horizon):
+        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None] * scale + shift
+        action, _, _, _ = agent.get_action_and_value(policy_input(obs_t, t, args.horizon, state.encode(encoder, obs_t), args),
+                                                     deterministic=True)
+        obs, reward, _, _, info = env.step(int(action))
+        state.observe(F.one_hot(action, num_actions).float(), torch.tensor([reward], dtype=torch.float32, device=device))
+    env.close()
+
+
+def bayes_optimal_return(env_id: str, env_kwargs: dict) -> float | None:
+    """The exact Bayes-optimal return where the library has it (Gridworld with a fixed schedule), else None."""
+    if env_id != "dynamite/Gridworld-v0" or env_kwargs.get("schedule", "fixed") != "fixed":
+        return None
+    from envs.gridworld_reference import cached_solution
+
+    return cached_solution(env_kwargs, "bayes").total
+
+
+def check_args(args: Args) -> dict:
+    """Fail before training, with one clear line, on settings that cannot work."""
+    known = sorted(env_id for env_id in gym.registry if env_id.startswith("dynamite/"))
+    if args.env_id not in gym.registry:
+        raise SystemExit(f"error: unknown --env-id {args.env_id!r}; known environments: {', '.join(known)}")
+    try:
+        env_kwargs = json.loads(args.env_kwargs)
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"error: --env-kwargs is not valid JSON ({error}): {args.env_kwargs!r}") from None
+    if not isinstance(env_kwargs, dict):
+        raise SystemExit(f"error: --env-kwargs must be a JSON object, got {args.env_kwargs!r}")
+    if args.num_envs % args.num_minibatches != 0:
+        raise SystemExit(f"error: --num-envs {args.num_envs} must be divisible by --num-minibatches {args.num_minibatches} "
+                         "(minibatches are split by environment)")
+    for name in ("num_envs", "total_timesteps", "num_minibatches", "update_epochs", "cpc_steps", "eval_episodes"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    return env_kwargs
+
+
+def save_checkpoint(path: str, modules: dict, optimizers: dict, args: Args, global_step: int, iteration: int, envs_,
+                    buffer: EpisodeBuffer) -> None:
+    """Everything needed to continue the run exactly, written atomically (a crash never leaves half a file)."""
+    checkpoint = {
+        "modules": {name: module.state_dict() for name, module in modules.items()},
+        "buffer": buffer.state_dict(),
+        "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+        "args": asdict(args),
+        "global_step": global_step,
+        "iteration": iteration,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "envs": [rng.bit_generator.state for rng in envs_.unwrapped._rngs]},
+    }
+    tmp = f"{path}.tmp"
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    resume = None
+    if args.resume:
+        if not os.path.isfile(args.resume):
+            raise SystemExit(f"error: --resume {args.resume!r}: no such checkpoint file")
+        resume = torch.load(args.resume, weights_only=False)
+        total_timesteps, eval_every = args.total_timesteps, args.eval_every
+        args = Args(**{**resume["args"], "resume": args.resume, "total_timesteps": total_timesteps, "eval_every": eval_every})
+    env_kwargs = check_args(args)
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.num_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # env setup
+    try:
+        envs_ = make_envs(args.env_id, args.num_envs, env_kwargs)
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"error: cannot make {args.env_id} with --env-kwargs {args.env_kwargs}: {error}") from None
+    if not isinstance(envs_.single_action_space, gym.spaces.Discrete):
+        raise SystemExit(f"error: {args.env_id} has {envs_.single_action_space}; contrabar.py handles Discrete actions")
+    obs_dim = int(np.prod(envs_.single_observation_space.shape))
+    num_actions = int(envs_.single_action_space.n)
+    args.horizon = envs_.unwrapped.config.horizon
+    args.batch_size = args.num_envs * args.horizon
+    args.num_iterations = max(1, args.total_timesteps // args.batch_size)
+    bayes_return = bayes_optimal_return(args.env_id, env_kwargs)
+
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else args.run_dir or os.path.join("runs", run_name)
+    run_name = os.path.basename(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, group=args.wandb_group,
+                   sync_tensorboard=True, config=vars(args), name=run_name, dir=run_dir, save_code=True)
+    writer = SummaryWriter(run_dir)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    encoder = Encoder(obs_dim, num_actions, args).to(device)
+    predictor = FuturePredictor(obs_dim, num_actions, args).to(device)
+    agent = Agent(obs_dim, num_actions, args).to(device)
+    cpc_optimizer = optim.Adam([*encoder.parameters(), *predictor.parameters()], lr=args.cpc_learning_rate)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    modules = {"encoder": encoder, "predictor": predictor, "agent": agent}
+    optimizers = {"cpc": cpc_optimizer, "policy": optimizer}
+    buffer = EpisodeBuffer(args.cpc_buffer_episodes, args.horizon, obs_dim, num_actions, device)
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    eval_path = os.path.join(run_dir, "eval.json")
+
+    global_step, start_iteration, evaluations = 0, 1, []
+    if resume is not None:
+        for name, module in modules.items():
+            module.load_state_dict(resume["modules"][name])
+        for name, opt in optimizers.items():
+            opt.load_state_dict(resume["optimizers"][name])
+        global_step, start_iteration = resume["global_step"], resume["iteration"] + 1
+        buffer.load_state_dict(resume["buffer"])
+        torch.set_rng_state(resume["rng"]["torch"])
+        np.random.set_state(resume["rng"]["numpy"])
+        random.setstate(resume["rng"]["python"])
+        envs_.reset(seed=args.seed)  # creates the generators, whose states are then restored
+        for rng, state in zip(envs_.unwrapped._rngs, resume["rng"]["envs"]):
+            rng.bit_generator.state = state
+        if os.path.exists(eval_path):
+            evaluations = json.load(open(eval_path))["evaluations"]
+        print(f"resumed {run_dir} at iteration {start_iteration}, step {global_step}")
+    else:
+        envs_.reset(seed=args.seed)
+
+    # ALGO LOGIC: storage for one iteration of whole episodes, (H, num_envs, ...)
+    obs = torch.zeros((args.horizon, args.num_envs, obs_dim), device=device)
+    next_obs_buf = torch.zeros((args.horizon, args.num_envs, obs_dim), device=device)
+    actions = torch.zeros((args.horizon, args.num_envs), dtype=torch.long, device=device)
+    logprobs = torch.zeros((args.horizon, args.num_envs), device=device)
+    rewards = torch.zeros((args.horizon, args.num_envs), device=device)
+    values = torch.zeros((args.horizon, args.num_envs), device=device)
+    session_done = torch.zeros((args.horizon, args.num_envs), dtype=torch.bool, device=device)
+    policy_inputs = torch.zeros((args.horizon, args.num_envs, obs_dim + args.gru_hidden + int(args.time_feature)),
+                                device=device)
+    scale, shift = observation_scaling(envs_.single_observation_space, device)
+
+    def write_eval(iteration: int, final: bool = False) -> dict:
+        tick = time.time()
+        result = evaluate(encoder, agent, args, env_kwargs, device, args.eval_episodes, consecutive=5 if final else 1,
+                          seed=args.seed + 1_000_000)
+        timing["eval"] += time.time() - tick
+        result.update(iteration=iteration, global_step=global_step,
+                      train_time=train_time_before + sum(v for k, v in timing.items() if k != "eval"),
+                      wall_time=wall_time_before + time.time() - start_time)
+        if bayes_return is not None:
+            result["fraction_of_bayes_optimal"] = result["return"] / bayes_return
+        evaluations.append(result)
+        writer.add_scalar("eval/return", result["return"], global_step)
+        for s, value in enumerate(result["return_per_session"]):
+            writer.add_scalar(f"eval/return_per_session/{s}", value, global_step)
+        for e, value in enumerate(result["consecutive_episode_returns"]):
+            writer.add_scalar(f"eval/consecutive_episode_return/{e}", value, global_step)
+        tmp = f"{eval_path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"args": vars(args), "bayes_optimal_return": bayes_return, "finished": final,
+                       "time": {k: round(v, 2) for k, v in timing.items()}, "evaluations": evaluations}, f, indent=1)
+        os.replace(tmp, eval_path)
+        sessions = " ".join(f"{v:.2f}" for v in result["return_per_session"])
+        print(f"eval  iter {iteration}: return {result['return']:.2f} ± {result['return_std']:.2f}"
+              + (f" ({result['return'] / bayes_return:.1%} of Bayes-optimal)" if bayes_return else "")
+              + f" | per session {sessions}"
+              + (f" | 5 episodes {' '.join(f'{v:.1f}' for v in result['consecutive_episode_returns'])}" if final else ""))
+        return result
+
+    # TRY NOT TO MODIFY: a first Ctrl-C finishes the iteration, saves a checkpoint and stops; a second aborts
+    stop_requested = []
+
+    def request_stop(signum, frame):
+        if stop_requested:
+            raise KeyboardInterrupt
+        stop_requested.append(signum)
+        print("\nstopping after this iteration" + (" and saving a checkpoint" if args.save_model else
+              " (no checkpoint: run with --save-model to keep it)") + "; Ctrl-C again aborts", flush=True)
+
+    signal.signal(signal.SIGINT, request_stop)
+    start_time = time.time()
+    train_time_before = evaluations[-1]["train_time"] if evaluations else 0.0
+    wall_time_before = evaluations[-1]["wall_time"] if evaluations else 0.0
+    timing = {"rollout": 0.0, "cpc": 0.0, "ppo": 0.0, "eval": 0.0}
+    for iteration in range(start_iteration, args.num_iterations + 1):
+        progress = (iteration - 1.0) / args.num_iterations
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - 0.9 * progress)
+        ent_coef = args.ent_coef * (1.0 - progress)
+
+        # ALGO LOGIC: rollout of one whole episode in every environment
+        tick = time.time()
+        next_obs, _ = envs_.reset()
+        state = HistoryState(args.num_envs, num_actions, args, device)
+        with torch.no_grad():
+            for t in range(args.horizon):
+                obs[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift
+                policy_inputs[t] = policy_input(obs[t], t, args.horizon, state.encode(encoder, obs[t]), args)
+                action, logprob, _, value = agent.get_action_and_value(policy_inputs[t])
+                actions[t], logprobs[t], values[t] = action, logprob, value
+                next_obs, reward, _, _, info = envs_.step(action.cpu().numpy())
+                rewards[t] = torch.as_tensor(reward, dtype=torch.float32, device=device)
+                session_done[t] = torch.as_tensor(info["session_done"], device=device)
+                next_obs_buf[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift
+                state.observe(F.one_hot(action, num_actions).float(), rewards[t])
+        global_step += args.batch_size
+        episode_returns = rewards.sum(0)
+        writer.add_scalar("charts/episodic_return", episode_returns.mean().item(), global_step)
+        writer.add_scalar("charts/episodic_length", args.horizon, global_step)
+        timing["rollout"] += time.time() - tick
+
+        # ALGO LOGIC: encoder update by InfoNCE on episodes from the buffer
+        tick = time.time()
+        buffer.add(obs, F.one_hot(actions, num_actions).float(), rewards, next_obs_buf, session_done)
+        loss, terms = torch.zeros(()), {}
+        for _ in range(args.cpc_updates):
+            loss, terms = cpc_loss(encoder, predictor, buffer.sample(args.cpc_batch_episodes), args, device)
+            cpc_optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_([p for g in cpc_optimizer.param_groups for p in g["params"]], args.max_grad_norm)
+            cpc_optimizer.step()
+        timing["cpc"] += time.time() - tick
+
+        # ALGO LOGIC: PPO on the history-augmented states; the horizon is the task's end, so no bootstrap
+        tick = time.time()
+        with torch.no_grad():
+            next_values = torch.cat([values[1:], torch.zeros_like(values[:1])])
+            episode_ends = torch.zeros_like(session_done)
+            episode_ends[-1] = True
+            advantages, returns = compute_gae(rewards, values, next_values, episode_ends, args.gamma, args.gae_lambda)
+        env_inds = np.arange(args.num_envs)
+        envs_per_batch = args.num_envs // args.num_minibatches
+        clipfracs, pg_loss, v_loss, entropy_loss, approx_kl = [0.0], torch.zeros(()), torch.zeros(()), torch.zeros(()), torch.zeros(())
+        for epoch in range(args.update_epochs):
+            np.random.shuffle(env_inds)
+            for start in range(0, args.num_envs, envs_per_batch):
+                mb = env_inds[start : start + envs_per_batch]
+                mb_inputs = policy_inputs[:, mb].reshape(-1, policy_inputs.shape[-1])
+                _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_inputs, actions[:, mb].reshape(-1))
+                logratio = newlogprob - logprobs[:, mb].reshape(-1)
+                ratio = logratio.exp()
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
+                mb_advantages = advantages[:, mb].reshape(-1)
+                if args.norm_adv:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                pg_loss = torch.max(-mb_advantages * ratio,
+                                    -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
+                mb_returns, mb_values = returns[:, mb].reshape(-1), values[:, mb].reshape(-1)
+                if args.clip_vloss:
+                    v_clipped = mb_values + torch.clamp(newvalue - mb_values, -args.clip_coef, args.clip_coef)
+                    v_loss = 0.5 * torch.max((newvalue - mb_returns) ** 2, (v_clipped - mb_returns) ** 2).mean()
+                else:
+                    v_loss = 0.5 * ((newvalue - mb_returns) ** 2).mean()
+                entropy_loss = entropy.mean()
+                ppo_loss = pg_loss - ent_coef * entropy_loss + v_loss * args.vf_coef
+                optimizer.zero_grad()
+                ppo_loss.backward()
+                nn.utils.clip_grad_norm_(agent.actor.parameters(), args.max_grad_norm)
+                nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm)
+                optimizer.step()
+        timing["ppo"] += time.time() - tick
+
+        # TRY NOT TO MODIFY: record losses and progress
+        y_pred, y_true = values.flatten().cpu().numpy(), returns.flatten().cpu().numpy()
+        explained_var = np.nan if np.var(y_true) == 0 else 1 - np.var(y_true - y_pred) / np.var(y_true)
+        sps = int((global_step - (start_iteration - 1) * args.batch_size) / (time.time() - start_time))
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+        writer.add_scalar("losses/explained_variance", explained_var, global_step)
+        writer.add_scalar("losses/cpc", loss.item(), global_step)
+        for name, value in terms.items():
+            writer.add_scalar(f"losses/{name}", value.item(), global_step)
+        for name, seconds in timing.items():
+            writer.add_scalar(f"time/{name}", seconds, global_step)
+        if iteration % args.log_every == 0 or iteration == args.num_iterations:
+            mean_return = episode_returns.mean().item()
+            print(f"iter {iteration}/{args.num_iterations} | step {global_step:,} | {sps:,} steps/s | return {mean_return:.2f}"
+                  + (f" ({mean_return / bayes_return:.1%} of Bayes-optimal {bayes_return:.2f})" if bayes_return else "")
+                  + f" | infonce {loss.item():.3f}", flush=True)
+        if args.eval_every and iteration % args.eval_every == 0 and iteration != args.num_iterations:
+            write_eval(iteration)
+            if args.save_model:
+                save_checkpoint(checkpoint_path, modules, optimizers, args, global_step, iteration, envs_, buffer)
+        if stop_requested and iteration != args.num_iterations:
+            if args.save_model:
+                save_checkpoint(checkpoint_path, modules, optimizers, args, global_step, iteration, envs_, buffer)
+                print(f"stopped at iteration {iteration}: continue with --resume {checkpoint_path}")
+            raise SystemExit(130)
+
+    write_eval(args.num_iterations, final=True)
+    if args.capture_video:
+        record_video(encoder, agent, args, env_kwargs, device, os.path.join(run_dir, "videos"), seed=args.seed)
+    total = sum(timing.values())
+    print("time: " + ", ".join(f"{name} {seconds:.0f}s ({seconds / total:.0%})" for name, seconds in timing.items()))
+    if args.save_model:
+        save_checkpoint(checkpoint_path, modules, optimizers, args, global_step, args.num_iterations, envs_, buffer)
+        print(f"checkpoint: {checkpoint_path}")
+    envs_.close()
+    writer.close()
+    if args.track:
+        wandb.finish()
