@@ -1,6 +1,6 @@
 """Train methods x seeds on the Gridworld in parallel processes and write a table and plots into docs/.
 
-    python benchmarks/gridworld.py                                  # DynaMITE-RL and its ablations, 5 seeds
+    python benchmarks/gridworld.py          # all methods: DynaMITE-RL, its ablations and the baselines, 5 seeds
     python benchmarks/gridworld.py --methods dynamite no-consistency --seeds 1 2 --workers 2
 
 Every run has its own folder under --runs-dir; a finished run is not redone and an interrupted one is resumed
@@ -30,15 +30,18 @@ METHODS = {
     "no-conditioning": ("DynaMITE-RL, no conditioning", "dynamite_rl.py", ["--no-conditioning"]),
     "no-session-recon": ("DynaMITE-RL, no session reconstruction", "dynamite_rl.py", ["--no-session-recon"]),
     "oracle-sessions": ("DynaMITE-RL, true session ends", "dynamite_rl.py", ["--oracle-sessions"]),
+    "varibad": ("VariBAD", "varibad.py", []),
+    "rl2": ("RL²", "rl2.py", []),
+    "contrabar": ("ContraBAR", "contrabar.py", []),
 }
 TARGET = 45.0
 
 
 @dataclass
 class Args:
-    methods: list[str] = field(default_factory=lambda: ["dynamite", "no-consistency", "no-conditioning",
-                                                        "no-session-recon", "oracle-sessions"])
-    """methods to run, from: dynamite, no-consistency, no-conditioning, no-session-recon, oracle-sessions"""
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    """methods to run, from: dynamite, no-consistency, no-conditioning, no-session-recon, oracle-sessions, varibad,
+    rl2, contrabar"""
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     """seeds of every method"""
     total_timesteps: int | None = None
@@ -49,7 +52,7 @@ class Args:
     """runs in parallel, one torch thread each (one per core)"""
     runs_dir: str = "runs/benchmark_gridworld"
     """where the runs are written"""
-    output: str = "docs/gridworld_dynamite"
+    output: str = "docs/gridworld_comparison"
     """prefix of the written table (.md) and plots (.png)"""
     extra: str = ""
     """extra flags passed to every run, e.g. --extra='--num-envs 32 --vae-updates 4'"""
