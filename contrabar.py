@@ -65,10 +65,16 @@ class Args:
     """the id of the environment"""
     env_kwargs: str = "{}"
     """constructor arguments of the environment as JSON, e.g. '{"size": 7, "num_goals": 3}'"""
-    total_timesteps: int = 4_000_000
-    """total environment steps of the experiment"""
+    total_timesteps: int = 6_000_000
+    """total environment steps of the experiment, both phases"""
     num_envs: int = 64
     """number of environments stepped in lock-step; each iteration collects one whole episode of each"""
+    cpc_train_steps: int = 4_000_000
+    """the encoder phase: env steps in which the encoder and the policy train together. After it the encoder is frozen and a
+    fresh policy learns on its history summaries for the rest of --total-timesteps, the policy phase (0: one joint
+    phase throughout, as in the paper)"""
+    policy_num_envs: int = 256
+    """environments per iteration in the policy phase: larger PPO batches there"""
 
     # Algorithm: PPO on the history-augmented state
     learning_rate: float = 1e-3
@@ -126,9 +132,13 @@ class Args:
     horizon: int = 0
     """episode length H (from the environment)"""
     batch_size: int = 0
-    """environment steps per iteration"""
+    """environment steps per iteration of the encoder phase"""
+    policy_batch_size: int = 0
+    """environment steps per iteration of the policy phase"""
+    cpc_iterations: int = 0
+    """the number of iterations of the encoder phase"""
     num_iterations: int = 0
-    """the number of iterations"""
+    """the number of iterations, both phases"""
 
 
 def make_envs(env_id: str, num_envs: int, env_kwargs: dict) -> gym.vector.VectorEnv:
@@ -418,10 +428,11 @@ def check_args(args: Args) -> dict:
         raise SystemExit(f"error: --env-kwargs is not valid JSON ({error}): {args.env_kwargs!r}") from None
     if not isinstance(env_kwargs, dict):
         raise SystemExit(f"error: --env-kwargs must be a JSON object, got {args.env_kwargs!r}")
-    if args.num_envs % args.num_minibatches != 0:
-        raise SystemExit(f"error: --num-envs {args.num_envs} must be divisible by --num-minibatches {args.num_minibatches} "
-                         "(minibatches are split by environment)")
-    for name in ("num_envs", "total_timesteps", "num_minibatches", "update_epochs", "cpc_steps", "eval_episodes"):
+    for name in ("num_envs", "policy_num_envs"):
+        if getattr(args, name) % args.num_minibatches != 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} {getattr(args, name)} must be divisible by "
+                             f"--num-minibatches {args.num_minibatches} (minibatches are split by environment)")
+    for name in ("num_envs", "policy_num_envs", "total_timesteps", "num_minibatches", "update_epochs", "cpc_steps", "eval_episodes"):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     return env_kwargs
@@ -475,7 +486,16 @@ if __name__ == "__main__":
     num_actions = int(envs_.single_action_space.n)
     args.horizon = envs_.unwrapped.config.horizon
     args.batch_size = args.num_envs * args.horizon
-    args.num_iterations = max(1, args.total_timesteps // args.batch_size)
+    args.policy_batch_size = args.policy_num_envs * args.horizon
+    if 0 < args.cpc_train_steps < args.total_timesteps:
+        args.cpc_iterations = max(1, args.cpc_train_steps // args.batch_size)
+        policy_steps = args.total_timesteps - args.cpc_iterations * args.batch_size
+        args.num_iterations = args.cpc_iterations + max(1, policy_steps // args.policy_batch_size)
+    else:
+        args.cpc_iterations = args.num_iterations = max(1, args.total_timesteps // args.batch_size)
+    if resume is not None and resume["iteration"] > args.cpc_iterations:  # resumed in the policy phase
+        envs_.close()
+        envs_ = make_envs(args.env_id, args.policy_num_envs, env_kwargs)
     bayes_return = bayes_optimal_return(args.env_id, env_kwargs)
 
     run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -521,16 +541,6 @@ if __name__ == "__main__":
     else:
         envs_.reset(seed=args.seed)
 
-    # ALGO LOGIC: storage for one iteration of whole episodes, (H, num_envs, ...)
-    obs = torch.zeros((args.horizon, args.num_envs, obs_dim), device=device)
-    next_obs_buf = torch.zeros((args.horizon, args.num_envs, obs_dim), device=device)
-    actions = torch.zeros((args.horizon, args.num_envs), dtype=torch.long, device=device)
-    logprobs = torch.zeros((args.horizon, args.num_envs), device=device)
-    rewards = torch.zeros((args.horizon, args.num_envs), device=device)
-    values = torch.zeros((args.horizon, args.num_envs), device=device)
-    session_done = torch.zeros((args.horizon, args.num_envs), dtype=torch.bool, device=device)
-    policy_inputs = torch.zeros((args.horizon, args.num_envs, obs_dim + args.gru_hidden + int(args.time_feature)),
-                                device=device)
     scale, shift = observation_scaling(envs_.single_observation_space, device)
 
     def write_eval(iteration: int, final: bool = False) -> dict:
@@ -575,9 +585,34 @@ if __name__ == "__main__":
     start_time = time.time()
     train_time_before = evaluations[-1]["train_time"] if evaluations else 0.0
     wall_time_before = evaluations[-1]["wall_time"] if evaluations else 0.0
+    start_step = global_step
     timing = {"rollout": 0.0, "cpc": 0.0, "ppo": 0.0, "eval": 0.0}
     for iteration in range(start_iteration, args.num_iterations + 1):
-        progress = (iteration - 1.0) / args.num_iterations
+        policy_phase = iteration > args.cpc_iterations
+        if iteration == args.cpc_iterations + 1:
+            # ALGO LOGIC: the policy phase. A policy that learned while the encoder was still forming ignores what
+            # its summaries hold later; a fresh one on the frozen encoder, with larger batches, learns to read them
+            envs_.close()
+            envs_ = make_envs(args.env_id, args.policy_num_envs, env_kwargs)
+            envs_.reset(seed=args.seed + 1)
+            agent = Agent(obs_dim, num_actions, args).to(device)
+            optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+            modules["agent"], optimizers["policy"] = agent, optimizer
+            print(f"policy phase from step {global_step:,}: the encoder is frozen; a fresh policy trains on "
+                  f"{args.policy_num_envs} environments", flush=True)
+        # ALGO LOGIC: storage for one iteration of whole episodes, (H, num_envs, ...)
+        if iteration == start_iteration or iteration == args.cpc_iterations + 1:
+            obs = torch.zeros((args.horizon, envs_.num_envs, obs_dim), device=device)
+            next_obs_buf = torch.zeros((args.horizon, envs_.num_envs, obs_dim), device=device)
+            actions = torch.zeros((args.horizon, envs_.num_envs), dtype=torch.long, device=device)
+            logprobs = torch.zeros((args.horizon, envs_.num_envs), device=device)
+            rewards = torch.zeros((args.horizon, envs_.num_envs), device=device)
+            values = torch.zeros((args.horizon, envs_.num_envs), device=device)
+            session_done = torch.zeros((args.horizon, envs_.num_envs), dtype=torch.bool, device=device)
+            policy_inputs = torch.zeros((args.horizon, envs_.num_envs, obs_dim + args.gru_hidden + int(args.time_feature)),
+                                        device=device)
+        phase_start, phase_end = (args.cpc_iterations, args.num_iterations) if policy_phase else (0, args.cpc_iterations)
+        progress = (iteration - 1.0 - phase_start) / (phase_end - phase_start)
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - 0.9 * progress)
         ent_coef = args.ent_coef * (1.0 - progress)
@@ -585,7 +620,7 @@ if __name__ == "__main__":
         # ALGO LOGIC: rollout of one whole episode in every environment
         tick = time.time()
         next_obs, _ = envs_.reset()
-        state = HistoryState(args.num_envs, num_actions, args, device)
+        state = HistoryState(envs_.num_envs, num_actions, args, device)
         with torch.no_grad():
             for t in range(args.horizon):
                 obs[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift
@@ -597,7 +632,7 @@ if __name__ == "__main__":
                 session_done[t] = torch.as_tensor(info["session_done"], device=device)
                 next_obs_buf[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift
                 state.observe(F.one_hot(action, num_actions).float(), rewards[t])
-        global_step += args.batch_size
+        global_step += args.policy_batch_size if policy_phase else args.batch_size
         episode_returns = rewards.sum(0)
         writer.add_scalar("charts/episodic_return", episode_returns.mean().item(), global_step)
         writer.add_scalar("charts/episodic_length", args.horizon, global_step)
@@ -605,9 +640,10 @@ if __name__ == "__main__":
 
         # ALGO LOGIC: encoder update by InfoNCE on episodes from the buffer
         tick = time.time()
-        buffer.add(obs, F.one_hot(actions, num_actions).float(), rewards, next_obs_buf, session_done)
+        if not policy_phase:
+            buffer.add(obs, F.one_hot(actions, num_actions).float(), rewards, next_obs_buf, session_done)
         loss, terms = torch.zeros(()), {}
-        for _ in range(args.cpc_updates):
+        for _ in range(0 if policy_phase else args.cpc_updates):
             loss, terms = cpc_loss(encoder, predictor, buffer.sample(args.cpc_batch_episodes), args, device)
             cpc_optimizer.zero_grad()
             loss.backward()
@@ -622,12 +658,12 @@ if __name__ == "__main__":
             episode_ends = torch.zeros_like(session_done)
             episode_ends[-1] = True
             advantages, returns = compute_gae(rewards, values, next_values, episode_ends, args.gamma, args.gae_lambda)
-        env_inds = np.arange(args.num_envs)
-        envs_per_batch = args.num_envs // args.num_minibatches
+        env_inds = np.arange(envs_.num_envs)
+        envs_per_batch = envs_.num_envs // args.num_minibatches
         clipfracs, pg_loss, v_loss, entropy_loss, approx_kl = [0.0], torch.zeros(()), torch.zeros(()), torch.zeros(()), torch.zeros(())
         for epoch in range(args.update_epochs):
             np.random.shuffle(env_inds)
-            for start in range(0, args.num_envs, envs_per_batch):
+            for start in range(0, envs_.num_envs, envs_per_batch):
                 mb = env_inds[start : start + envs_per_batch]
                 mb_inputs = policy_inputs[:, mb].reshape(-1, policy_inputs.shape[-1])
                 _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_inputs, actions[:, mb].reshape(-1))
@@ -659,7 +695,7 @@ if __name__ == "__main__":
         # TRY NOT TO MODIFY: record losses and progress
         y_pred, y_true = values.flatten().cpu().numpy(), returns.flatten().cpu().numpy()
         explained_var = np.nan if np.var(y_true) == 0 else 1 - np.var(y_true - y_pred) / np.var(y_true)
-        sps = int((global_step - (start_iteration - 1) * args.batch_size) / (time.time() - start_time))
+        sps = int((global_step - start_step) / (time.time() - start_time))
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
         writer.add_scalar("losses/value_loss", v_loss.item(), global_step)

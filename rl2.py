@@ -65,7 +65,7 @@ class Args:
     """the id of the environment"""
     env_kwargs: str = "{}"
     """constructor arguments of the environment as JSON, e.g. '{"size": 7, "num_goals": 3}'"""
-    total_timesteps: int = 4_000_000
+    total_timesteps: int = 6_000_000
     """total environment steps of the experiment"""
     num_envs: int = 64
     """number of environments stepped in lock-step; each iteration collects one whole episode of each"""

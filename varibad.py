@@ -65,10 +65,16 @@ class Args:
     """the id of the environment"""
     env_kwargs: str = "{}"
     """constructor arguments of the environment as JSON, e.g. '{"size": 7, "num_goals": 3}'"""
-    total_timesteps: int = 4_000_000
-    """total environment steps of the experiment"""
+    total_timesteps: int = 6_000_000
+    """total environment steps of the experiment, both phases"""
     num_envs: int = 64
     """number of environments stepped in lock-step; each iteration collects one whole episode of each"""
+    vae_train_steps: int = 4_000_000
+    """the VAE phase: env steps in which the VAE and the policy train together. After it the VAE is frozen and a
+    fresh policy learns on its beliefs for the rest of --total-timesteps, the policy phase (0: one joint
+    phase throughout, as in the paper)"""
+    policy_num_envs: int = 256
+    """environments per iteration in the policy phase: larger PPO batches there"""
 
     # Algorithm: PPO on the belief-augmented state
     learning_rate: float = 1e-3
@@ -145,9 +151,13 @@ class Args:
     horizon: int = 0
     """episode length H (from the environment)"""
     batch_size: int = 0
-    """environment steps per iteration"""
+    """environment steps per iteration of the VAE phase"""
+    policy_batch_size: int = 0
+    """environment steps per iteration of the policy phase"""
+    vae_iterations: int = 0
+    """the number of iterations of the VAE phase"""
     num_iterations: int = 0
-    """the number of iterations"""
+    """the number of iterations, both phases"""
 
 
 def make_envs(env_id: str, num_envs: int, env_kwargs: dict) -> gym.vector.VectorEnv:
@@ -528,10 +538,11 @@ def check_args(args: Args) -> dict:
         raise SystemExit(f"error: --env-kwargs must be a JSON object, got {args.env_kwargs!r}")
     if args.vae_random_episodes % args.num_envs != 0:
         raise SystemExit(f"error: --vae-random-episodes {args.vae_random_episodes} must be a multiple of --num-envs {args.num_envs}")
-    if args.num_envs % args.num_minibatches != 0:
-        raise SystemExit(f"error: --num-envs {args.num_envs} must be divisible by --num-minibatches {args.num_minibatches} "
-                         "(minibatches are split by environment)")
-    for name in ("num_envs", "total_timesteps", "num_minibatches", "update_epochs", "latent_dim", "eval_episodes"):
+    for name in ("num_envs", "policy_num_envs"):
+        if getattr(args, name) % args.num_minibatches != 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} {getattr(args, name)} must be divisible by "
+                             f"--num-minibatches {args.num_minibatches} (minibatches are split by environment)")
+    for name in ("num_envs", "policy_num_envs", "total_timesteps", "num_minibatches", "update_epochs", "latent_dim", "eval_episodes"):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     return env_kwargs
@@ -585,7 +596,16 @@ if __name__ == "__main__":
     num_actions = int(envs_.single_action_space.n)
     args.horizon = envs_.unwrapped.config.horizon
     args.batch_size = args.num_envs * args.horizon * (1 + args.vae_random_episodes // args.num_envs)
-    args.num_iterations = max(1, args.total_timesteps // args.batch_size)
+    args.policy_batch_size = args.policy_num_envs * args.horizon
+    if 0 < args.vae_train_steps < args.total_timesteps:
+        args.vae_iterations = max(1, args.vae_train_steps // args.batch_size)
+        policy_steps = args.total_timesteps - args.vae_iterations * args.batch_size
+        args.num_iterations = args.vae_iterations + max(1, policy_steps // args.policy_batch_size)
+    else:
+        args.vae_iterations = args.num_iterations = max(1, args.total_timesteps // args.batch_size)
+    if resume is not None and resume["iteration"] > args.vae_iterations:  # resumed in the policy phase
+        envs_.close()
+        envs_ = make_envs(args.env_id, args.policy_num_envs, env_kwargs)
     bayes_return = bayes_optimal_return(args.env_id, env_kwargs)
 
     run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -631,17 +651,6 @@ if __name__ == "__main__":
     else:
         envs_.reset(seed=args.seed)
 
-    # ALGO LOGIC: storage for one iteration of whole episodes, (H, num_envs, ...)
-    obs = torch.zeros((args.horizon, args.num_envs, obs_dim), device=device)
-    next_obs_buf = torch.zeros((args.horizon, args.num_envs, obs_dim), device=device)
-    actions = torch.zeros((args.horizon, args.num_envs), dtype=torch.long, device=device)
-    logprobs = torch.zeros((args.horizon, args.num_envs), device=device)
-    rewards = torch.zeros((args.horizon, args.num_envs), device=device)
-    values = torch.zeros((args.horizon, args.num_envs), device=device)
-    session_done = torch.zeros((args.horizon, args.num_envs), dtype=torch.bool, device=device)
-    beliefs = torch.zeros((args.horizon, args.num_envs, 2 * args.latent_dim), device=device)
-    policy_inputs = torch.zeros((args.horizon, args.num_envs, obs_dim + 2 * args.latent_dim + int(args.time_feature)),
-                                device=device)
     scale, shift = observation_scaling(envs_.single_observation_space, device)
 
     def write_eval(iteration: int, final: bool = False) -> dict:
@@ -686,9 +695,35 @@ if __name__ == "__main__":
     start_time = time.time()
     train_time_before = evaluations[-1]["train_time"] if evaluations else 0.0
     wall_time_before = evaluations[-1]["wall_time"] if evaluations else 0.0
+    start_step = global_step
     timing = {"rollout": 0.0, "vae": 0.0, "ppo": 0.0, "eval": 0.0}
     for iteration in range(start_iteration, args.num_iterations + 1):
-        progress = (iteration - 1.0) / args.num_iterations
+        policy_phase = iteration > args.vae_iterations
+        if iteration == args.vae_iterations + 1:
+            # ALGO LOGIC: the policy phase. A policy that learned while the beliefs were still forming ignores what
+            # they hold later; a fresh one on the frozen VAE, with larger batches, learns to read them
+            envs_.close()
+            envs_ = make_envs(args.env_id, args.policy_num_envs, env_kwargs)
+            envs_.reset(seed=args.seed + 1)
+            agent = Agent(obs_dim, num_actions, args).to(device)
+            optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+            modules["agent"], optimizers["policy"] = agent, optimizer
+            print(f"policy phase from step {global_step:,}: the VAE is frozen; a fresh policy trains on "
+                  f"{args.policy_num_envs} environments", flush=True)
+        # ALGO LOGIC: storage for one iteration of whole episodes, (H, num_envs, ...)
+        if iteration == start_iteration or iteration == args.vae_iterations + 1:
+            obs = torch.zeros((args.horizon, envs_.num_envs, obs_dim), device=device)
+            next_obs_buf = torch.zeros((args.horizon, envs_.num_envs, obs_dim), device=device)
+            actions = torch.zeros((args.horizon, envs_.num_envs), dtype=torch.long, device=device)
+            logprobs = torch.zeros((args.horizon, envs_.num_envs), device=device)
+            rewards = torch.zeros((args.horizon, envs_.num_envs), device=device)
+            values = torch.zeros((args.horizon, envs_.num_envs), device=device)
+            session_done = torch.zeros((args.horizon, envs_.num_envs), dtype=torch.bool, device=device)
+            beliefs = torch.zeros((args.horizon, envs_.num_envs, 2 * args.latent_dim), device=device)
+            policy_inputs = torch.zeros((args.horizon, envs_.num_envs, obs_dim + 2 * args.latent_dim + int(args.time_feature)),
+                                        device=device)
+        phase_start, phase_end = (args.vae_iterations, args.num_iterations) if policy_phase else (0, args.vae_iterations)
+        progress = (iteration - 1.0 - phase_start) / (phase_end - phase_start)
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - 0.9 * progress)
         ent_coef = args.ent_coef * (1.0 - progress)
@@ -696,7 +731,7 @@ if __name__ == "__main__":
         # ALGO LOGIC: rollout of one whole episode in every environment
         tick = time.time()
         next_obs, _ = envs_.reset()
-        state = BeliefState(args.num_envs, num_actions, args, device)
+        state = BeliefState(envs_.num_envs, num_actions, args, device)
         with torch.no_grad():
             for t in range(args.horizon):
                 obs[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift
@@ -711,9 +746,9 @@ if __name__ == "__main__":
                 next_obs_buf[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift
                 state.observe(F.one_hot(action, num_actions).float(), rewards[t])
         agent.belief_rms.update(beliefs)
-        for _ in range(args.vae_random_episodes // args.num_envs):
+        for _ in range(0 if policy_phase else args.vae_random_episodes // args.num_envs):
             buffer.add(*random_episodes(envs_, args, num_actions, scale, shift, device))
-        global_step += args.batch_size
+        global_step += args.policy_batch_size if policy_phase else args.batch_size
         episode_returns = rewards.sum(0)
         writer.add_scalar("charts/episodic_return", episode_returns.mean().item(), global_step)
         writer.add_scalar("charts/episodic_length", args.horizon, global_step)
@@ -721,9 +756,10 @@ if __name__ == "__main__":
 
         # ALGO LOGIC: VAE update with the true session ends (training-time teacher forcing)
         tick = time.time()
-        buffer.add(obs, F.one_hot(actions, num_actions).float(), rewards, next_obs_buf, session_done)
+        if not policy_phase:
+            buffer.add(obs, F.one_hot(actions, num_actions).float(), rewards, next_obs_buf, session_done)
         loss, terms = torch.zeros(()), {}
-        for _ in range(args.vae_updates):
+        for _ in range(0 if policy_phase else args.vae_updates):
             loss, terms = vae_loss(encoder, decoder, buffer.sample(args.vae_batch_episodes), args, device)
             vae_optimizer.zero_grad()
             loss.backward()
@@ -739,12 +775,12 @@ if __name__ == "__main__":
             episode_ends = torch.zeros_like(session_done)
             episode_ends[-1] = True
             advantages, returns = compute_gae(rewards, values, next_values, episode_ends, args.gamma, args.gae_lambda)
-        env_inds = np.arange(args.num_envs)
-        envs_per_batch = args.num_envs // args.num_minibatches
+        env_inds = np.arange(envs_.num_envs)
+        envs_per_batch = envs_.num_envs // args.num_minibatches
         clipfracs, pg_loss, v_loss, entropy_loss, approx_kl = [0.0], torch.zeros(()), torch.zeros(()), torch.zeros(()), torch.zeros(())
         for epoch in range(policy_epochs):
             np.random.shuffle(env_inds)
-            for start in range(0, args.num_envs, envs_per_batch):
+            for start in range(0, envs_.num_envs, envs_per_batch):
                 mb = env_inds[start : start + envs_per_batch]
                 mb_inputs = policy_inputs[:, mb].reshape(-1, policy_inputs.shape[-1])
                 _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_inputs, actions[:, mb].reshape(-1))
@@ -776,7 +812,7 @@ if __name__ == "__main__":
         # TRY NOT TO MODIFY: record losses and progress
         y_pred, y_true = values.flatten().cpu().numpy(), returns.flatten().cpu().numpy()
         explained_var = np.nan if np.var(y_true) == 0 else 1 - np.var(y_true - y_pred) / np.var(y_true)
-        sps = int((global_step - (start_iteration - 1) * args.batch_size) / (time.time() - start_time))
+        sps = int((global_step - start_step) / (time.time() - start_time))
         writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
         writer.add_scalar("charts/SPS", sps, global_step)
         writer.add_scalar("losses/value_loss", v_loss.item(), global_step)

@@ -20,6 +20,9 @@ _ENCODER_STEPS = {"dynamite_rl.py": ["--vae-updates", "2", "--vae-batch-episodes
                   "varibad.py": ["--vae-updates", "2", "--vae-batch-episodes", "8"],
                   "contrabar.py": ["--cpc-updates", "2", "--cpc-batch-episodes", "8"]}
 TINY = {script: _TINY + _ENCODER_STEPS.get(script, []) for script in SCRIPTS}
+# the scripts with a separately trained encoder, and the flag that ends its phase
+PHASE_FLAG = {"dynamite_rl.py": "--vae-train-steps", "varibad.py": "--vae-train-steps",
+              "contrabar.py": "--cpc-train-steps"}
 
 
 @pytest.fixture(autouse=True)

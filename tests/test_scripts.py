@@ -16,7 +16,7 @@ import contrabar
 import dynamite_rl
 import rl2
 import varibad
-from conftest import ROOT, SCRIPTS, TINY, VAE_SCRIPTS, run_script
+from conftest import PHASE_FLAG, ROOT, SCRIPTS, TINY, VAE_SCRIPTS, run_script
 
 MODULES = {"dynamite_rl.py": dynamite_rl, "varibad.py": varibad, "rl2.py": rl2, "contrabar.py": contrabar}
 # an episode pair of H = 6 steps with session ends marked
@@ -30,6 +30,11 @@ def script(request):
 
 @pytest.fixture(params=VAE_SCRIPTS)
 def vae_script(request):
+    return request.param
+
+
+@pytest.fixture(params=list(PHASE_FLAG))
+def encoder_script(request):
     return request.param
 
 
@@ -94,28 +99,60 @@ def test_same_seed_gives_identical_runs_and_another_seed_does_not(script, tmp_pa
     assert [e["return"] for e in evals[0]] == [e["return"] for e in evals[1]]
 
 
-def test_interrupted_run_resumes_to_the_same_result(script, tmp_path):
-    """Ctrl-C finishes the iteration and saves; --resume then ends exactly where an uninterrupted run ends."""
-    args = [*TINY[script], "--total-timesteps", str(60 * 8 * 12), "--save-model", "--eval-every", "0"]
+def interrupt_and_resume(script, args, stop_line, total_iterations, tmp_path):
+    """Ctrl-C a run of 5,760 steps at ``stop_line`` and --resume it; it must end with an uninterrupted run's weights."""
     straight = run_script(script, *args, cwd=tmp_path / "straight")
     os.makedirs(tmp_path / "cut")
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], cwd=tmp_path / "cut",
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in process.stdout:
-        if line.startswith("iter 2/"):
+        if line.startswith(stop_line):
             process.send_signal(signal.SIGINT)
             break
     output = process.communicate(timeout=300)[0]
     assert process.returncode == 130, output
     checkpoint_path = next((tmp_path / "cut" / "runs").glob("*/checkpoint.pt"))
     stopped_at = torch.load(checkpoint_path, weights_only=False)["iteration"]
-    assert 2 <= stopped_at < 12, output
+    assert int(stop_line.split()[1].rstrip("/")) <= stopped_at < total_iterations, output
     resumed = run_script(script, "--resume", str(checkpoint_path), "--total-timesteps", str(60 * 8 * 12),
                          cwd=tmp_path / "cut")
     checkpoint, resumed_weights = final_weights(resumed)
     _, straight_weights = final_weights(straight)
-    assert checkpoint["iteration"] == 12
+    assert checkpoint["iteration"] == total_iterations
     assert all(torch.equal(resumed_weights[k], straight_weights[k]) for k in straight_weights)
+
+
+def test_interrupted_run_resumes_to_the_same_result(script, tmp_path):
+    """Ctrl-C finishes the iteration and saves; --resume then ends exactly where an uninterrupted run ends."""
+    args = [*TINY[script], "--total-timesteps", str(60 * 8 * 12), "--save-model", "--eval-every", "0"]
+    interrupt_and_resume(script, args, "iter 2/", 12, tmp_path)
+
+
+@pytest.mark.parametrize("stop_line", ["iter 2/", "iter 9/"])
+def test_a_two_phase_run_resumes_to_the_same_result_from_either_phase(encoder_script, stop_line, tmp_path):
+    """6 iterations of 8 environments train the encoder, then 12 of 4 the fresh policy; interrupted in the first
+    phase (the resumed run crosses into the second) or in the second, it ends where an uninterrupted run ends."""
+    args = [*TINY[encoder_script], "--total-timesteps", str(60 * 8 * 12), PHASE_FLAG[encoder_script], str(60 * 8 * 6),
+            "--policy-num-envs", "4", "--save-model", "--eval-every", "0"]
+    interrupt_and_resume(encoder_script, args, stop_line, 18, tmp_path)
+
+
+def test_the_policy_phase_freezes_the_encoder_and_starts_a_fresh_policy(encoder_script, tmp_path):
+    common = [*TINY[encoder_script], "--save-model", "--eval-every", "1"]
+    encoder_only = run_script(encoder_script, *common, "--total-timesteps", "480", cwd=tmp_path / "a")
+    both = run_script(encoder_script, *common, "--total-timesteps", "960", PHASE_FLAG[encoder_script], "480",
+                      "--policy-num-envs", "4", cwd=tmp_path / "b")
+    evaluations = json.load(open(os.path.join(both, "eval.json")))["evaluations"]
+    assert [e["global_step"] for e in evaluations] == [480, 720, 960]  # 1 iteration of 8 episodes, 2 of 4
+    before, after = torch.load(os.path.join(encoder_only, "checkpoint.pt"), weights_only=False), \
+        torch.load(os.path.join(both, "checkpoint.pt"), weights_only=False)
+    for name in after["modules"]:
+        if name != "agent":  # the encoder (and decoder, prior, predictor) did not move in the policy phase
+            assert all(torch.equal(v, before["modules"][name][k]) for k, v in after["modules"][name].items())
+    moved = [k for k, v in after["modules"]["agent"].items() if not torch.equal(v, before["modules"]["agent"][k])]
+    assert moved, "the policy did not train in the policy phase"
+    if "belief_rms.count" in after["modules"]["agent"]:  # statistics of the policy phase's beliefs only
+        assert after["modules"]["agent"]["belief_rms.count"].item() == pytest.approx(2 * 4 * 60, abs=1e-3)
 
 
 @pytest.mark.parametrize(
