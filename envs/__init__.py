@@ -3,6 +3,7 @@
 >>> import gymnasium as gym, envs
 >>> env = gym.make("dynamite/Gridworld-v0", size=7, num_goals=3)
 >>> vec = gym.make_vec("dynamite/Gridworld-v0", num_envs=256)  # natively batched
+>>> env = gym.make("dynamite/HalfCheetahVel-v0", schedule="poisson", num_sessions=20)
 """
 
 import gymnasium as gym
@@ -25,3 +26,9 @@ if "dynamite/Gridworld-v0" not in gym.registry:
         entry_point="envs.gridworld:GridworldEnv",
         vector_entry_point="envs.gridworld:GridworldVectorEnv",
     )
+# MuJoCo DLCMDPs: imported on first use (gymnasium resolves the entry point), truncated at their horizon H
+for _name, _cls in [("Reacher-v0", "DLCMDPReacherEnv"), ("HalfCheetahDir-v0", "DLCMDPHalfCheetahDirEnv"),
+                    ("HalfCheetahVel-v0", "DLCMDPHalfCheetahVelEnv"),
+                    ("HalfCheetahWindVel-v0", "DLCMDPHalfCheetahWindVelEnv")]:
+    if f"dynamite/{_name}" not in gym.registry:
+        gym.register(id=f"dynamite/{_name}", entry_point=f"envs.mujoco:{_cls}")

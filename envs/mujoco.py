@@ -1,0 +1,221 @@
+"""Continuous-control DLCMDPs on gymnasium's MuJoCo models (paper Appendix D.2).
+
+* ``dynamite/Reacher-v0``: the two-joint arm reaches for a target that moves along a circle between sessions,
+  [x, y] = [r cos(alpha i), r sin(alpha i)] with i the session index, alpha ~ U(0, 2 pi) and r ~ U(0.1, 0.2)
+  drawn per episode; r_t = -||fingertip - target|| - 0.05 ||a_t||.
+* ``dynamite/HalfCheetahDir-v0``: run forward or backward; the direction follows a 2-state Markov chain
+  between sessions (uniform in the first); r_t = d v_t - 0.05 ||a_t||.
+* ``dynamite/HalfCheetahVel-v0``: run at v_g = 1.5 + 1.5 sin(0.2 i); r_t = -|v_t - v_g| - 0.05 ||a_t||.
+* ``dynamite/HalfCheetahWindVel-v0``: as Vel, and a wind pushes the torso backwards along x with the force
+  f_w = 10 + 10 sin(0.3 i) at every simulation step.
+
+The latent is never in the observation (the Reacher's target coordinates and fingertip-to-target vector are
+removed); every step's ``info`` carries ``session_done``, ``latent`` and ``session`` as in the Gridworld. A
+session's end changes only the latent: the robot carries on from where it is (nu_0 is the identity here).
+``reset(options={"keep_task": True})`` starts another episode of the same task: the per-episode draws (the
+Reacher's circle, the sinusoids' phases) are kept and the latent's dynamics continue from the last session.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
+
+from envs.dlcmdp import make_schedule, validate_transition_matrix
+
+CONTROL_COST = 0.05  # weight of ||a||_2 in every reward here (paper Appendix D.2)
+
+
+class _Sessions:
+    """Session bookkeeping shared by the MuJoCo DLCMDPs: schedule, session index, step count, info."""
+
+    def _init_sessions(self, horizon: int, schedule: str, session_length: int, session_prob: float,
+                       num_sessions: int, random_phase: bool) -> None:
+        self.schedule = make_schedule(schedule, horizon, session_length, session_prob, num_sessions)
+        self.horizon = int(horizon)
+        self.random_phase = bool(random_phase)
+        self._session = 0
+        self._t = 0
+        self._done_flags = np.zeros(self.horizon, dtype=bool)
+
+    def _start_episode(self, options: dict[str, Any] | None) -> None:
+        keep_task = bool(options and options.get("keep_task")) and getattr(self, "_has_task", False)
+        if keep_task:
+            self._session += 1  # the latent's dynamics go on from the last session of the previous episode
+            self._next_latent()
+        else:
+            self._session = 0
+            self._phase = self.np_random.uniform(0, 2 * np.pi) if self.random_phase else 0.0
+            self._new_task()
+            self._has_task = True
+        self._t = 0
+        self._done_flags = self.schedule.sample(self.np_random)
+
+    def _get_reset_info(self) -> dict[str, Any]:
+        return {"latent": self.latent.copy(), "session": self._session}
+
+    def _end_step(self) -> tuple[bool, bool, dict[str, Any]]:
+        """After the physics of step t: (session_done, truncated, info); moves the latent at a session end."""
+        done = bool(self._done_flags[self._t])
+        info = {"session_done": done, "latent": self.latent.copy(), "session": self._session}
+        self._t += 1
+        truncated = self._t >= self.horizon
+        if done and not truncated:
+            self._session += 1
+            self._next_latent()
+        return done, truncated, info
+
+
+class DLCMDPReacherEnv(_Sessions, ReacherEnv):
+    """Reacher-v5 physics with a target that moves along a circle from session to session."""
+
+    def __init__(self, horizon: int = 400, schedule: str = "fixed", session_length: int = 50,
+                 session_prob: float = 1 / 50, num_sessions: int = 8, random_phase: bool = False, **kwargs: Any):
+        ReacherEnv.__init__(self, **kwargs)
+        self._init_sessions(horizon, schedule, session_length, session_prob, num_sessions, random_phase)
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(8,), dtype=np.float64)
+        self._radius, self._angle_step = 0.15, 0.0
+
+    @property
+    def latent(self) -> np.ndarray:
+        """The target's (x, y)."""
+        angle = self._angle_step * self._session
+        return np.array([self._radius * np.cos(angle), self._radius * np.sin(angle)])
+
+    def _new_task(self) -> None:
+        self._angle_step = self.np_random.uniform(0, 2 * np.pi)
+        self._radius = self.np_random.uniform(0.1, 0.2)
+
+    def _next_latent(self) -> None:
+        qpos, qvel = self.data.qpos.copy(), self.data.qvel.copy()
+        qpos[-2:], qvel[-2:] = self.latent, 0.0
+        self.set_state(qpos, qvel)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        self._options = options
+        return super().reset(seed=seed, options=options)
+
+    def reset_model(self):
+        qpos = self.init_qpos + self.np_random.uniform(low=-0.1, high=0.1, size=self.model.nq)
+        qvel = self.init_qvel + self.np_random.uniform(low=-0.005, high=0.005, size=self.model.nv)
+        self.set_state(qpos, qvel)
+        self._start_episode(self._options)
+        self._next_latent()
+        return self._get_obs()
+
+    def step(self, action):
+        self.do_simulation(action, self.frame_skip)
+        distance = np.linalg.norm(self.get_body_com("fingertip")[:2] - self.latent)
+        reward_dist, reward_ctrl = -distance, -CONTROL_COST * np.linalg.norm(action)
+        _, truncated, info = self._end_step()
+        info.update(reward_dist=reward_dist, reward_ctrl=reward_ctrl)
+        if self.render_mode == "human":
+            self.render()
+        return self._get_obs(), reward_dist + reward_ctrl, False, truncated, info
+
+    def _get_obs(self):
+        """cos and sin of the two joint angles, their velocities and the fingertip's (x, y): no target."""
+        theta = self.data.qpos.flatten()[:2]
+        return np.concatenate([np.cos(theta), np.sin(theta), self.data.qvel.flatten()[:2],
+                               self.get_body_com("fingertip")[:2]])
+
+
+class _DLCMDPHalfCheetah(_Sessions, HalfCheetahEnv):
+    """HalfCheetah-v5 physics; subclasses set the latent and the reward."""
+
+    def __init__(self, horizon: int = 400, schedule: str = "fixed", session_length: int = 50,
+                 session_prob: float = 1 / 50, num_sessions: int = 8, random_phase: bool = False, **kwargs: Any):
+        HalfCheetahEnv.__init__(self, **kwargs)
+        self._init_sessions(horizon, schedule, session_length, session_prob, num_sessions, random_phase)
+        self._torso = self.model.body("torso").id
+        self._phase = 0.0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        self._options = options
+        return super().reset(seed=seed, options=options)
+
+    def reset_model(self):
+        observation = super().reset_model()
+        self._start_episode(self._options)
+        return observation
+
+    def wind(self) -> float:
+        """Force along x on the torso (negative: backwards); none but in Wind+Vel."""
+        return 0.0
+
+    def task_reward(self, velocity: float) -> float:
+        raise NotImplementedError
+
+    def step(self, action):
+        x_before = self.data.qpos[0]
+        self.data.xfrc_applied[self._torso, 0] = self.wind()
+        self.do_simulation(action, self.frame_skip)
+        velocity = (self.data.qpos[0] - x_before) / self.dt
+        reward_task, reward_ctrl = self.task_reward(velocity), -CONTROL_COST * np.linalg.norm(action)
+        _, truncated, info = self._end_step()
+        info.update(x_velocity=velocity, reward_task=reward_task, reward_ctrl=reward_ctrl)
+        if self.render_mode == "human":
+            self.render()
+        return self._get_obs(), reward_task + reward_ctrl, False, truncated, info
+
+
+class DLCMDPHalfCheetahDirEnv(_DLCMDPHalfCheetah):
+    """Run forward (latent +1) or backward (-1); the direction follows a Markov chain between sessions."""
+
+    def __init__(self, transition_matrix=((0.2, 0.8), (0.8, 0.2)), **kwargs: Any):
+        super().__init__(**kwargs)
+        self.transition_matrix = validate_transition_matrix(transition_matrix, 2)
+        self._direction = 0
+
+    @property
+    def latent(self) -> np.ndarray:
+        return np.array([1.0 if self._direction == 0 else -1.0])
+
+    def _new_task(self) -> None:
+        self._direction = int(self.np_random.integers(2))
+
+    def _next_latent(self) -> None:
+        self._direction = int(self.np_random.choice(2, p=self.transition_matrix[self._direction]))
+
+    def task_reward(self, velocity: float) -> float:
+        return float(self.latent[0] * velocity)
+
+
+class DLCMDPHalfCheetahVelEnv(_DLCMDPHalfCheetah):
+    """Run at the target velocity v_g = 1.5 + 1.5 sin(0.2 i [+ phase])."""
+
+    @property
+    def target_velocity(self) -> float:
+        return 1.5 + 1.5 * np.sin(0.2 * self._session + self._phase)
+
+    @property
+    def latent(self) -> np.ndarray:
+        return np.array([self.target_velocity])
+
+    def _new_task(self) -> None:
+        pass
+
+    def _next_latent(self) -> None:
+        pass  # the latent is a function of the session index
+
+    def task_reward(self, velocity: float) -> float:
+        return float(-abs(velocity - self.target_velocity))
+
+
+class DLCMDPHalfCheetahWindVelEnv(DLCMDPHalfCheetahVelEnv):
+    """HalfCheetah-Vel, and a backward wind of f_w = 10 + 10 sin(0.3 i [+ phase]) on the torso."""
+
+    @property
+    def latent(self) -> np.ndarray:
+        return np.array([self.target_velocity, self.wind_force])
+
+    @property
+    def wind_force(self) -> float:
+        return 10.0 + 10.0 * np.sin(0.3 * self._session + self._phase)
+
+    def wind(self) -> float:
+        return -self.wind_force

@@ -1,0 +1,130 @@
+"""The MuJoCo DLCMDPs: gymnasium's checks, determinism, sessions, a hidden latent, and a wind that pushes."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs  # noqa: F401  (registers the environments)
+
+IDS = ["dynamite/Reacher-v0", "dynamite/HalfCheetahDir-v0", "dynamite/HalfCheetahVel-v0",
+       "dynamite/HalfCheetahWindVel-v0"]
+
+
+def rollout(env, seed: int, steps: int, action_seed: int = 0, options=None):
+    """Observations, rewards and infos of ``steps`` steps of fixed pseudo-random actions."""
+    rng = np.random.default_rng(action_seed)
+    obs, _ = env.reset(seed=seed, options=options)
+    observations, rewards, infos = [obs], [], []
+    for _ in range(steps):
+        obs, reward, terminated, truncated, info = env.step(rng.uniform(-1, 1, env.action_space.shape))
+        observations.append(obs), rewards.append(reward), infos.append(info)
+        assert not terminated
+        if truncated:
+            break
+    return np.array(observations), np.array(rewards), infos
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_passes_gymnasium_env_checker(env_id):
+    with pytest.warns(UserWarning, match="infinity"):  # MuJoCo observations are unbounded
+        check_env(gym.make(env_id).unwrapped, skip_render_check=True)
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_same_seed_same_episode_other_seed_other_episode(env_id):
+    env = gym.make(env_id)
+    first, second, other = rollout(env, 3, 120), rollout(env, 3, 120), rollout(env, 4, 120)
+    assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+    assert [i["latent"].tolist() for i in first[2]] == [i["latent"].tolist() for i in second[2]]
+    assert not np.array_equal(first[0], other[0])
+
+
+@pytest.mark.parametrize("env_id", IDS)
+@pytest.mark.parametrize("schedule", [{"schedule": "fixed"}, {"schedule": "bernoulli", "session_prob": 0.05},
+                                      {"schedule": "poisson", "num_sessions": 12}])
+def test_the_latent_changes_only_at_session_ends_and_the_horizon_truncates(env_id, schedule):
+    env = gym.make(env_id, horizon=200, **schedule)
+    _, rewards, infos = rollout(env, 0, 1000)
+    assert len(rewards) == 200 and infos[-1]["session_done"]
+    _, reset_info = env.reset(seed=0)
+    assert reset_info["session"] == 0 and np.array_equal(reset_info["latent"], infos[0]["latent"])
+    done = np.array([i["session_done"] for i in infos])
+    latents = np.array([i["latent"] for i in infos])
+    sessions = np.array([i["session"] for i in infos])
+    changed = np.any(latents[1:] != latents[:-1], axis=1)
+    assert not changed[~done[:-1]].any()  # inside a session the latent stays
+    assert np.array_equal(np.diff(sessions), done[:-1].astype(int))  # the session index counts the ends
+    if env_id != "dynamite/HalfCheetahDir-v0":  # a direction may stay the same; the other latents move
+        assert changed[done[:-1]].all()
+    if schedule["schedule"] == "poisson":
+        assert done.sum() == 12
+
+
+@pytest.mark.parametrize("env_id", ["dynamite/Reacher-v0", "dynamite/HalfCheetahVel-v0"])
+def test_the_latent_is_not_in_the_observation(env_id):
+    """Two copies of one episode whose latents differ see the same observations and get different rewards."""
+    a, b = gym.make(env_id, random_phase=True), gym.make(env_id, random_phase=True)
+    rng = np.random.default_rng(0)
+    a.reset(seed=5)
+    b.reset(seed=5)
+    if env_id == "dynamite/Reacher-v0":
+        b.unwrapped._radius, b.unwrapped._angle_step = 0.1 if a.unwrapped._radius > 0.15 else 0.2, 1.0
+        b.unwrapped._next_latent()
+    else:
+        b.unwrapped._phase = a.unwrapped._phase + 1.0
+    for _ in range(100):
+        action = rng.uniform(-1, 1, a.action_space.shape)
+        obs_a, reward_a, _, _, info_a = a.step(action)
+        obs_b, reward_b, _, _, info_b = b.step(action)
+        assert np.array_equal(obs_a, obs_b) and not np.array_equal(info_a["latent"], info_b["latent"])
+    assert reward_a != reward_b
+
+
+def test_the_reacher_target_moves_on_a_circle_and_is_rewarded_by_distance():
+    env = gym.make("dynamite/Reacher-v0")
+    _, rewards, infos = rollout(env, 1, 400)
+    targets = np.array([i["latent"] for i in infos])
+    radius = np.linalg.norm(targets, axis=1)
+    assert np.allclose(radius, radius[0]) and 0.1 <= radius[0] <= 0.2
+    assert len({tuple(t) for t in targets.round(9)}) == 8  # 8 sessions of 50 steps, 8 positions
+    reward = np.array([i["reward_dist"] + i["reward_ctrl"] for i in infos])
+    assert np.allclose(reward, rewards) and all(i["reward_dist"] <= 0 for i in infos)
+    # the MuJoCo target body is where the latent says, so renderings show it
+    env.unwrapped._next_latent()
+    assert np.allclose(env.unwrapped.get_body_com("target")[:2], env.unwrapped.latent)
+
+
+def test_the_wind_pushes_the_cheetah_backwards():
+    """Same start, same (idle) actions: with the wind the cheetah ends up behind where it ends up without."""
+    positions = {}
+    for env_id in ("dynamite/HalfCheetahVel-v0", "dynamite/HalfCheetahWindVel-v0"):
+        env = gym.make(env_id)
+        env.reset(seed=0)
+        for _ in range(100):
+            env.step(np.zeros(6))
+        positions[env_id] = env.unwrapped.data.qpos[0]
+    assert positions["dynamite/HalfCheetahWindVel-v0"] < positions["dynamite/HalfCheetahVel-v0"] - 0.1
+
+
+def test_rewards_follow_the_paper_with_a_control_cost():
+    env = gym.make("dynamite/HalfCheetahDir-v0")
+    env.reset(seed=0)
+    action = np.full(6, 0.5)
+    _, reward, _, _, info = env.step(action)
+    assert reward == pytest.approx(info["latent"][0] * info["x_velocity"] - 0.05 * np.linalg.norm(action))
+    env = gym.make("dynamite/HalfCheetahVel-v0")
+    env.reset(seed=0)
+    _, reward, _, _, info = env.step(action)
+    assert reward == pytest.approx(-abs(info["x_velocity"] - 1.5) - 0.05 * np.linalg.norm(action))
+
+
+def test_keep_task_continues_the_task_into_the_next_episode():
+    env = gym.make("dynamite/Reacher-v0")
+    _, _, first = rollout(env, 2, 400)
+    _, _, second = rollout(env, None, 400, options={"keep_task": True})
+    assert second[0]["session"] == first[-1]["session"] + 1
+    radius = np.linalg.norm(first[0]["latent"])
+    assert np.isclose(np.linalg.norm(second[0]["latent"]), radius)
+    _, _, fresh = rollout(env, None, 400)
+    assert fresh[0]["session"] == 0 and not np.isclose(np.linalg.norm(fresh[0]["latent"]), radius)
