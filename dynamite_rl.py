@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import torch.optim as optim
 import tyro
 from torch.distributions.categorical import Categorical
+from torch.distributions.normal import Normal
 from torch.utils.tensorboard import SummaryWriter
 
 import envs  # noqa: F401  (registers the dynamite/ environments with gymnasium)
@@ -56,8 +57,8 @@ class Args:
     """folder of the run's logs, evaluations and checkpoint (default: runs/<env>__<exp_name>__<seed>__<time>)"""
     eval_every: int = 25
     """evaluate every this many iterations (and at the end); 0 evaluates only at the end"""
-    eval_episodes: int = 2000
-    """number of episodes of each evaluation"""
+    eval_episodes: int | None = None
+    """number of episodes of each evaluation (default: 2000 with discrete actions, 25 with continuous ones)"""
     log_every: int = 10
     """print a progress line every this many iterations"""
 
@@ -96,14 +97,18 @@ class Args:
     """the PPO clipping coefficient"""
     clip_vloss: bool = False
     """clip the value loss as in the PPO paper's implementation (off: returns here are tens, not ~1)"""
-    ent_coef: float = 0.01
-    """entropy bonus coefficient, annealed linearly to 0"""
+    ent_coef: float | None = None
+    """entropy bonus coefficient, annealed linearly to 0 (default: 0.01 with discrete actions, 0.05 with continuous
+    ones, the paper's Table 2)"""
     vf_coef: float = 0.5
     """value loss coefficient"""
     max_grad_norm: float = 0.5
     """the maximum gradient norm, applied to the actor, the critic and the VAE separately"""
     policy_hidden: int = 128
     """width of the two hidden layers of the actor and of the critic"""
+    norm_reward: bool | None = None
+    """scale the rewards PPO sees by a running estimate of the std of the discounted return (default: with
+    continuous actions only)"""
     norm_belief: bool = True
     """standardise the belief (mean, logvar) for the actor and critic by running statistics (its scale is
     arbitrary and drifts as the VAE trains)"""
@@ -111,10 +116,11 @@ class Args:
     """give the actor and critic the elapsed fraction t/H of the episode (the horizon is part of the task)"""
 
     # Algorithm: the variational posterior (VAE)
-    latent_dim: int = 5
-    """dimension of the latent context m"""
-    embed_dim: int = 16
-    """size of the state, action and reward embeddings (the paper's 8 is too small for this observation)"""
+    latent_dim: int | None = None
+    """dimension of the latent context m (default: 5 with discrete actions, 16 with continuous ones)"""
+    embed_dim: int | None = None
+    """size of the state, action and reward embeddings (default: 16 with discrete actions, where the paper's 8
+    is too small for the Gridworld's observation; 32 with continuous ones)"""
     encoder_hidden: int = 64
     """width of the two layers between the embeddings and the GRU"""
     gru_hidden: int = 128
@@ -149,8 +155,8 @@ class Args:
     """the reward decoder also sees s_t (it always sees the state s_{t+1} the transition lands in)"""
     decoder_action: bool = False
     """the reward decoder also sees a_t"""
-    state_decoder: bool = False
-    """also reconstruct next states (for environments whose dynamics change with the latent)"""
+    state_decoder: bool | None = None
+    """also reconstruct next states (default: where the environment says its dynamics change with the latent)"""
 
     # Ablations: the three DynaMITE-RL components and the session-termination source
     consistency: bool = True
@@ -184,14 +190,48 @@ def make_envs(env_id: str, num_envs: int, env_kwargs: dict) -> gym.vector.Vector
                         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.DISABLED}, **env_kwargs)
 
 
-def observation_scaling(space: gym.spaces.Box, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) mapping the finite bounds of the observation space to [-1, 1]; identity where unbounded."""
-    low, high = space.low.astype(np.float64), space.high.astype(np.float64)
-    finite = np.isfinite(low) & np.isfinite(high) & (high > low)
-    low, high = np.where(finite, low, -1.0), np.where(finite, high, 1.0)  # unbounded dims: identity
-    scale, shift = 2.0 / (high - low), -(high + low) / (high - low)
-    return (torch.as_tensor(scale, dtype=torch.float32, device=device),
-            torch.as_tensor(shift, dtype=torch.float32, device=device))
+class ObservationScaling(nn.Module):
+    """obs * scale + shift: the finite bounds of the observation space map to [-1, 1]; unbounded dimensions are
+    standardised by statistics fitted once, on uniformly random-action episodes before training, and fixed from
+    then on, so that the encoder, its buffer and the policy always see one scale (checkpoints carry it)."""
+
+    def __init__(self, space: gym.spaces.Box):
+        super().__init__()
+        low, high = space.low.astype(np.float64).ravel(), space.high.astype(np.float64).ravel()
+        finite = np.isfinite(low) & np.isfinite(high) & (high > low)
+        low, high = np.where(finite, low, -1.0), np.where(finite, high, 1.0)  # unbounded dims: identity for now
+        self.register_buffer("scale", torch.as_tensor(2.0 / (high - low), dtype=torch.float32))
+        self.register_buffer("shift", torch.as_tensor(-(high + low) / (high - low), dtype=torch.float32))
+        self.register_buffer("unbounded", torch.as_tensor(~finite))
+
+    def fit(self, observations) -> None:
+        """Standardise the unbounded dimensions by the mean and std of ``observations`` (..., obs_dim)."""
+        flat = observations.reshape(-1, observations.shape[-1])
+        mean, std = flat.mean(0), flat.std(0).clamp(min=1e-3)
+        self.scale.copy_(torch.where(self.unbounded, 1.0 / std, self.scale))
+        self.shift.copy_(torch.where(self.unbounded, -mean / std, self.shift))
+
+    def forward(self, obs):
+        return torch.as_tensor(obs, dtype=torch.float32, device=self.scale.device) * self.scale + self.shift
+
+
+def action_features(action, action_space):
+    """What the networks read of an action: one-hot for Discrete actions, the vector itself for Box ones."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        return F.one_hot(action.long(), int(action_space.n)).float()
+    return action.float()
+
+
+def action_size(action_space) -> int:
+    return int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else int(np.prod(action_space.shape))
+
+
+def env_action(action, action_space) -> np.ndarray:
+    """The action as the environment takes it; Gaussian samples are clipped to the action bounds."""
+    action = action.cpu().numpy()
+    if isinstance(action_space, gym.spaces.Box):
+        action = np.clip(action, action_space.low, action_space.high)
+    return action
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -212,10 +252,10 @@ def mlp(in_dim: int, hidden: int, out_dim: int, out_std: float = np.sqrt(2)) -> 
 class Encoder(nn.Module):
     """q(m | tau_{:t}, previous session's belief): embeddings -> 2 FC -> GRU -> Gaussian belief + termination."""
 
-    def __init__(self, obs_dim: int, num_actions: int, args: Args):
+    def __init__(self, obs_dim: int, action_dim: int, args: Args):
         super().__init__()
         self.state_embed = nn.Sequential(nn.Linear(obs_dim, args.embed_dim), nn.ReLU())
-        self.action_embed = nn.Sequential(nn.Linear(num_actions, args.embed_dim), nn.ReLU())
+        self.action_embed = nn.Sequential(nn.Linear(action_dim, args.embed_dim), nn.ReLU())
         self.reward_embed = nn.Sequential(nn.Linear(1, args.embed_dim), nn.ReLU())
         belief_input = 2 * args.latent_dim if args.conditioning else 0
         self.fc = nn.Sequential(
@@ -255,10 +295,10 @@ class Decoder(nn.Module):
     The reward decoder sees the state the transition lands in (and, with flags, s_t and a_t too), as in
     VariBAD's code: predicting r_{t+1} from (s_t, a_t) would also require learning the motion model."""
 
-    def __init__(self, obs_dim: int, num_actions: int, args: Args):
+    def __init__(self, obs_dim: int, action_dim: int, args: Args):
         super().__init__()
         self.state_embed = nn.Sequential(nn.Linear(obs_dim, args.embed_dim), nn.ReLU())
-        self.action_embed = nn.Sequential(nn.Linear(num_actions, args.embed_dim), nn.ReLU())
+        self.action_embed = nn.Sequential(nn.Linear(action_dim, args.embed_dim), nn.ReLU())
         self.prev_state, self.action = args.decoder_prev_state, args.decoder_action
         in_dim = (1 + self.prev_state + self.action) * args.embed_dim + args.latent_dim
         self.reward = mlp(in_dim, args.decoder_hidden, 1, out_std=1.0)
@@ -307,17 +347,29 @@ class RunningMeanStd(nn.Module):
 class Agent(nn.Module):
     """Actor and critic on (s, belief mean, belief logvar); the belief is detached from the encoder."""
 
-    def __init__(self, obs_dim: int, num_actions: int, args: Args):
+    def __init__(self, obs_dim: int, action_space, args: Args):
         super().__init__()
         in_dim = obs_dim + 2 * args.latent_dim + int(args.time_feature)
         self.belief_rms = RunningMeanStd(2 * args.latent_dim)
+        if args.norm_reward:
+            self.return_rms = RunningMeanStd(1)
         self.critic = mlp(in_dim, args.policy_hidden, 1, out_std=1.0)
-        self.actor = mlp(in_dim, args.policy_hidden, num_actions, out_std=0.01)
+        self.actor = mlp(in_dim, args.policy_hidden, action_size(action_space), out_std=0.01)
+        self.continuous = isinstance(action_space, gym.spaces.Box)
+        if self.continuous:
+            self.actor_logstd = nn.Parameter(torch.zeros(action_size(action_space)))
 
     def get_value(self, x):
         return self.critic(x).squeeze(-1)
 
     def get_action_and_value(self, x, action=None, deterministic=False):
+        """Categorical over Discrete actions, a diagonal Gaussian (state-independent std) over Box ones."""
+        if self.continuous:
+            mean = self.actor(x)
+            probs = Normal(mean, self.actor_logstd.expand_as(mean).exp())
+            if action is None:
+                action = mean if deterministic else probs.sample()
+            return action, probs.log_prob(action).sum(-1), probs.entropy().sum(-1), self.get_value(x)
         logits = self.actor(x)
         probs = Categorical(logits=logits)
         if action is None:
@@ -428,13 +480,24 @@ def compute_gae(rewards, values, next_values, episode_ends, gamma: float, gae_la
     return advantages, advantages + values
 
 
+def scale_rewards(agent, rewards, gamma: float):
+    """Rewards (H, B) divided by the running std of the discounted return, the scale PPO learns best on; the
+    statistics (in the agent, so checkpoints carry them) are updated with this batch's returns first."""
+    discounted, running = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
+    for t in range(rewards.shape[0]):
+        running = running * gamma + rewards[t]
+        discounted[t] = running
+    agent.return_rms.update(discounted[..., None])
+    return rewards / torch.sqrt(agent.return_rms.var + 1e-8)
+
+
 # ALGO LOGIC: encoding a batch of episodes step by step, shared by rollouts, training and evaluation
 class BeliefState:
     """What the encoder carries from step to step: GRU state, last action and reward, previous session's belief."""
 
-    def __init__(self, num_envs: int, num_actions: int, args: Args, device):
+    def __init__(self, num_envs: int, action_dim: int, args: Args, device):
         self.hidden = torch.zeros(num_envs, args.gru_hidden, device=device)
-        self.prev_action = torch.zeros(num_envs, num_actions, device=device)
+        self.prev_action = torch.zeros(num_envs, action_dim, device=device)
         self.reward = torch.zeros(num_envs, 1, device=device)
         self.prev_session_belief = torch.zeros(num_envs, 2 * args.latent_dim, device=device)
 
@@ -501,10 +564,10 @@ def vae_loss(encoder, decoder, prior_net, batch, args, device):
 class EpisodeBuffer:
     """A ring buffer of whole episodes for VAE training, stored (capacity, H, ...) and sampled as (H, batch, ...)."""
 
-    def __init__(self, capacity: int, horizon: int, obs_dim: int, num_actions: int, device):
+    def __init__(self, capacity: int, horizon: int, obs_dim: int, action_dim: int, device):
         self.fields = {
             "obs": torch.zeros(capacity, horizon, obs_dim, device=device),
-            "actions": torch.zeros(capacity, horizon, num_actions, device=device),
+            "actions": torch.zeros(capacity, horizon, action_dim, device=device),
             "rewards": torch.zeros(capacity, horizon, device=device),
             "next_obs": torch.zeros(capacity, horizon, obs_dim, device=device),
             "session_done": torch.zeros(capacity, horizon, dtype=torch.bool, device=device),
@@ -533,30 +596,33 @@ class EpisodeBuffer:
             self.fields[name][: self.size] = value
 
 
-def random_episodes(envs_, args: Args, num_actions: int, scale, shift, device):
+def random_episodes(envs_, args: Args, obs_scaling, device):
     """One episode of uniformly random actions in every environment, as (obs, actions, rewards, next obs, ends)."""
+    space = envs_.single_action_space
     next_obs, _ = envs_.reset()
     steps = []
     for _ in range(args.horizon):
-        action = np.random.randint(num_actions, size=args.num_envs)
-        obs = torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift
+        if isinstance(space, gym.spaces.Discrete):
+            action = np.random.randint(space.n, size=envs_.num_envs)
+        else:
+            action = np.random.uniform(space.low, space.high, size=(envs_.num_envs, *space.shape)).astype(space.dtype)
+        obs = obs_scaling(next_obs)
         next_obs, reward, _, _, info = envs_.step(action)
-        steps.append((obs, F.one_hot(torch.as_tensor(action, device=device), num_actions).float(),
-                      torch.as_tensor(reward, dtype=torch.float32, device=device),
-                      torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift,
+        steps.append((obs, action_features(torch.as_tensor(action, device=device), space),
+                      torch.as_tensor(reward, dtype=torch.float32, device=device), obs_scaling(next_obs),
                       torch.as_tensor(info["session_done"], device=device)))
     return tuple(torch.stack(field) for field in zip(*steps))
 
 
 # TRY NOT TO MODIFY: evaluation, the same protocol for every algorithm of this library
 @torch.no_grad()
-def evaluate(encoder, agent, args, env_kwargs, device, num_episodes: int, consecutive: int = 5, seed: int = 0):
+def evaluate(encoder, agent, obs_scaling, args, env_kwargs, device, num_episodes: int, consecutive: int = 5,
+             seed: int = 0):
     """Greedy returns: mean and per session over ``num_episodes`` episodes, then ``consecutive`` episodes back to
     back in the same task (goals kept, the latent's dynamics, the GRU state and the beliefs carried on)."""
     eval_envs = make_envs(args.env_id, num_episodes, env_kwargs)
-    num_actions = eval_envs.single_action_space.n
-    scale, shift = observation_scaling(eval_envs.single_observation_space, device)
-    state = BeliefState(num_episodes, num_actions, args, device)
+    space = eval_envs.single_action_space
+    state = BeliefState(num_episodes, action_size(space), args, device)
     obs, _ = eval_envs.reset(seed=seed)
     episode_returns = []
     for episode in range(consecutive):
@@ -566,16 +632,16 @@ def evaluate(encoder, agent, args, env_kwargs, device, num_episodes: int, consec
         session_returns = np.zeros((num_episodes, args.horizon))
         num_sessions = 0
         for t in range(args.horizon):
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device) * scale + shift
+            obs_t = obs_scaling(obs)
             mean, logvar, termination_logit = state.encode(encoder, obs_t)
             inputs = policy_input(agent, obs_t, t, args.horizon, mean, logvar, args)
             action, _, _, _ = agent.get_action_and_value(inputs, deterministic=True)
-            obs, reward, _, _, info = eval_envs.step(action.cpu().numpy())
+            obs, reward, _, _, info = eval_envs.step(env_action(action, space))
             total += reward
             session_returns[np.arange(num_episodes), info["session"]] += reward
             num_sessions = max(num_sessions, int(info["session"].max()) + 1)
             session_end = session_end_signal(info, termination_logit, args, device)
-            state.observe(F.one_hot(action, num_actions).float(), torch.as_tensor(reward, dtype=torch.float32, device=device),
+            state.observe(action_features(action, space), torch.as_tensor(reward, dtype=torch.float32, device=device),
                           mean, logvar, session_end)
         episode_returns.append(float(total.mean()))
         if episode == 0:
@@ -591,22 +657,23 @@ def evaluate(encoder, agent, args, env_kwargs, device, num_episodes: int, consec
 
 
 @torch.no_grad()
-def record_video(encoder, agent, args, env_kwargs, device, folder: str, seed: int = 0) -> None:
-    """One greedy episode, rendered to an mp4 in ``folder`` (the rendering shows which goal pays)."""
+def record_video(encoder, agent, obs_scaling, args, env_kwargs, device, folder: str, seed: int = 0) -> None:
+    """One greedy episode, rendered to an mp4 in ``folder`` (the rendering shows the latent: the paying goal,
+    the Reacher's target)."""
+    os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless
     env = gym.wrappers.RecordVideo(gym.make(args.env_id, render_mode="rgb_array", **env_kwargs), folder,
                                    episode_trigger=lambda episode: True, name_prefix="eval")
-    num_actions = env.action_space.n
-    scale, shift = observation_scaling(env.observation_space, device)
-    state = BeliefState(1, num_actions, args, device)
+    space = env.action_space
+    state = BeliefState(1, action_size(space), args, device)
     obs, _ = env.reset(seed=seed)
     for t in range(args.horizon):
-        obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)[None] * scale + shift
+        obs_t = obs_scaling(obs[None])
         mean, logvar, termination_logit = state.encode(encoder, obs_t)
         action, _, _, _ = agent.get_action_and_value(policy_input(agent, obs_t, t, args.horizon, mean, logvar, args),
                                                      deterministic=True)
-        obs, reward, _, _, info = env.step(int(action))
+        obs, reward, _, _, info = env.step(env_action(action, space)[0])
         info = {"session_done": np.array([info["session_done"]])}
-        state.observe(F.one_hot(action, num_actions).float(), torch.tensor([reward], dtype=torch.float32, device=device),
+        state.observe(action_features(action, space), torch.tensor([reward], dtype=torch.float32, device=device),
                       mean, logvar, session_end_signal(info, termination_logit, args, device))
     env.close()
 
@@ -627,6 +694,38 @@ def bayes_optimal_return(env_id: str, env_kwargs: dict) -> float | None:
     return cached_solution(env_kwargs, "bayes").total
 
 
+# the paper's Table 2 values where continuous control differs from the Gridworld
+FAMILY_DEFAULTS = {
+    "discrete": {"eval_episodes": 2000, "ent_coef": 0.01, "latent_dim": 5, "embed_dim": 16, "norm_reward": False},
+    "continuous": {"eval_episodes": 25, "ent_coef": 0.05, "latent_dim": 16, "embed_dim": 32, "norm_reward": True},
+}
+
+
+def fill_family_defaults(args: Args, envs_) -> None:
+    """Settings left unset take their environment family's value (discrete or continuous actions); the state
+    decoder is on where the environment class says that its dynamics change with the latent."""
+    family = "discrete" if isinstance(envs_.single_action_space, gym.spaces.Discrete) else "continuous"
+    for name, value in FAMILY_DEFAULTS[family].items():
+        if getattr(args, name, False) is None:  # (a setting this algorithm does not have is skipped)
+            setattr(args, name, value)
+    if getattr(args, "state_decoder", False) is None:
+        creator = gym.envs.registration.load_env_creator(gym.spec(args.env_id).entry_point)
+        args.state_decoder = bool(getattr(creator, "latent_changes_dynamics", False))
+
+
+def episode_horizon(envs_) -> int:
+    if hasattr(envs_.unwrapped, "config"):  # the batched Gridworld
+        return envs_.unwrapped.config.horizon
+    return envs_.envs[0].unwrapped.horizon
+
+
+def env_rngs(envs_) -> list:
+    """The environments' random generators (checkpoints save their states, --resume restores them)."""
+    if hasattr(envs_.unwrapped, "_rngs"):  # the batched Gridworld
+        return envs_.unwrapped._rngs
+    return [env.unwrapped.np_random for env in envs_.envs]
+
+
 def check_args(args: Args) -> dict:
     """Fail before training, with one clear line, on settings that cannot work."""
     known = sorted(env_id for env_id in gym.registry if env_id.startswith("dynamite/"))
@@ -645,7 +744,7 @@ def check_args(args: Args) -> dict:
             raise SystemExit(f"error: --{name.replace('_', '-')} {getattr(args, name)} must be divisible by "
                              f"--num-minibatches {args.num_minibatches} (minibatches are split by environment)")
     for name in ("num_envs", "policy_num_envs", "total_timesteps", "num_minibatches", "update_epochs", "latent_dim", "eval_episodes"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     return env_kwargs
 
@@ -661,7 +760,7 @@ def save_checkpoint(path: str, modules: dict, optimizers: dict, args: Args, glob
         "global_step": global_step,
         "iteration": iteration,
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "envs": [rng.bit_generator.state for rng in envs_.unwrapped._rngs]},
+                "envs": [rng.bit_generator.state for rng in env_rngs(envs_)]},
     }
     tmp = f"{path}.tmp"
     torch.save(checkpoint, tmp)
@@ -692,11 +791,13 @@ if __name__ == "__main__":
         envs_ = make_envs(args.env_id, args.num_envs, env_kwargs)
     except (TypeError, ValueError) as error:
         raise SystemExit(f"error: cannot make {args.env_id} with --env-kwargs {args.env_kwargs}: {error}") from None
-    if not isinstance(envs_.single_action_space, gym.spaces.Discrete):
-        raise SystemExit(f"error: {args.env_id} has {envs_.single_action_space}; dynamite_rl.py handles Discrete actions")
+    action_space = envs_.single_action_space
+    if not isinstance(action_space, (gym.spaces.Discrete, gym.spaces.Box)):
+        raise SystemExit(f"error: {args.env_id} has {action_space}; dynamite_rl.py handles Discrete and Box actions")
+    fill_family_defaults(args, envs_)
     obs_dim = int(np.prod(envs_.single_observation_space.shape))
-    num_actions = int(envs_.single_action_space.n)
-    args.horizon = envs_.unwrapped.config.horizon
+    action_dim = action_size(action_space)
+    args.horizon = episode_horizon(envs_)
     args.batch_size = args.num_envs * args.horizon * (1 + args.vae_random_episodes // args.num_envs)
     args.policy_batch_size = args.policy_num_envs * args.horizon
     if 0 < args.vae_train_steps < args.total_timesteps:
@@ -722,23 +823,25 @@ if __name__ == "__main__":
     writer = SummaryWriter(run_dir)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
-    encoder = Encoder(obs_dim, num_actions, args).to(device)
-    decoder = Decoder(obs_dim, num_actions, args).to(device)
+    encoder = Encoder(obs_dim, action_dim, args).to(device)
+    decoder = Decoder(obs_dim, action_dim, args).to(device)
     prior_net = LatentDynamicsPrior(args).to(device)
-    agent = Agent(obs_dim, num_actions, args).to(device)
+    agent = Agent(obs_dim, action_space, args).to(device)
+    obs_scaling = ObservationScaling(envs_.single_observation_space).to(device)
     vae_optimizer = optim.Adam([*encoder.parameters(), *decoder.parameters(), *prior_net.parameters()],
                                lr=args.vae_learning_rate)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
-    modules = {"encoder": encoder, "decoder": decoder, "prior": prior_net, "agent": agent}
+    modules = {"encoder": encoder, "decoder": decoder, "prior": prior_net, "agent": agent, "obs_scaling": obs_scaling}
     optimizers = {"vae": vae_optimizer, "policy": optimizer}
-    buffer = EpisodeBuffer(args.vae_buffer_episodes, args.horizon, obs_dim, num_actions, device)
+    buffer = EpisodeBuffer(args.vae_buffer_episodes, args.horizon, obs_dim, action_dim, device)
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     eval_path = os.path.join(run_dir, "eval.json")
 
     global_step, start_iteration, evaluations = 0, 1, []
     if resume is not None:
         for name, module in modules.items():
-            module.load_state_dict(resume["modules"][name])
+            if name in resume["modules"]:  # checkpoints of bounded observations may lack obs_scaling: bounds suffice
+                module.load_state_dict(resume["modules"][name])
         for name, opt in optimizers.items():
             opt.load_state_dict(resume["optimizers"][name])
         global_step, start_iteration = resume["global_step"], resume["iteration"] + 1
@@ -747,20 +850,21 @@ if __name__ == "__main__":
         np.random.set_state(resume["rng"]["numpy"])
         random.setstate(resume["rng"]["python"])
         envs_.reset(seed=args.seed)  # creates the generators, whose states are then restored
-        for rng, state in zip(envs_.unwrapped._rngs, resume["rng"]["envs"]):
+        for rng, state in zip(env_rngs(envs_), resume["rng"]["envs"]):
             rng.bit_generator.state = state
         if os.path.exists(eval_path):
             evaluations = json.load(open(eval_path))["evaluations"]
         print(f"resumed {run_dir} at iteration {start_iteration}, step {global_step}")
     else:
         envs_.reset(seed=args.seed)
+        if obs_scaling.unbounded.any():
+            obs_scaling.fit(random_episodes(envs_, args, obs_scaling, device)[0])
 
-    scale, shift = observation_scaling(envs_.single_observation_space, device)
 
     def write_eval(iteration: int, final: bool = False) -> dict:
         tick = time.time()
-        result = evaluate(encoder, agent, args, env_kwargs, device, args.eval_episodes, consecutive=5 if final else 1,
-                          seed=args.seed + 1_000_000)
+        result = evaluate(encoder, agent, obs_scaling, args, env_kwargs, device, args.eval_episodes,
+                          consecutive=5 if final else 1, seed=args.seed + 1_000_000)
         timing["eval"] += time.time() - tick
         result.update(iteration=iteration, global_step=global_step,
                       train_time=train_time_before + sum(v for k, v in timing.items() if k != "eval"),
@@ -809,7 +913,7 @@ if __name__ == "__main__":
             envs_.close()
             envs_ = make_envs(args.env_id, args.policy_num_envs, env_kwargs)
             envs_.reset(seed=args.seed + 1)
-            agent = Agent(obs_dim, num_actions, args).to(device)
+            agent = Agent(obs_dim, action_space, args).to(device)
             optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
             modules["agent"], optimizers["policy"] = agent, optimizer
             print(f"policy phase from step {global_step:,}: the VAE is frozen; a fresh policy trains on "
@@ -818,7 +922,8 @@ if __name__ == "__main__":
         if iteration == start_iteration or iteration == args.vae_iterations + 1:
             obs = torch.zeros((args.horizon, envs_.num_envs, obs_dim), device=device)
             next_obs_buf = torch.zeros((args.horizon, envs_.num_envs, obs_dim), device=device)
-            actions = torch.zeros((args.horizon, envs_.num_envs), dtype=torch.long, device=device)
+            actions = torch.zeros((args.horizon, envs_.num_envs, *action_space.shape), device=device,
+                                  dtype=torch.long if isinstance(action_space, gym.spaces.Discrete) else torch.float32)
             logprobs = torch.zeros((args.horizon, envs_.num_envs), device=device)
             rewards = torch.zeros((args.horizon, envs_.num_envs), device=device)
             values = torch.zeros((args.horizon, envs_.num_envs), device=device)
@@ -835,24 +940,24 @@ if __name__ == "__main__":
         # ALGO LOGIC: rollout of one whole episode in every environment
         tick = time.time()
         next_obs, _ = envs_.reset()
-        state = BeliefState(envs_.num_envs, num_actions, args, device)
+        state = BeliefState(envs_.num_envs, action_dim, args, device)
         with torch.no_grad():
             for t in range(args.horizon):
-                obs[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift
+                obs[t] = obs_scaling(next_obs)
                 mean, logvar, termination_logit = state.encode(encoder, obs[t])
                 beliefs[t] = torch.cat([mean, logvar], -1)
                 policy_inputs[t] = policy_input(agent, obs[t], t, args.horizon, mean, logvar, args)
                 action, logprob, _, value = agent.get_action_and_value(policy_inputs[t])
                 actions[t], logprobs[t], values[t] = action, logprob, value
-                next_obs, reward, _, _, info = envs_.step(action.cpu().numpy())
+                next_obs, reward, _, _, info = envs_.step(env_action(action, action_space))
                 rewards[t] = torch.as_tensor(reward, dtype=torch.float32, device=device)
                 session_done[t] = torch.as_tensor(info["session_done"], device=device)
-                next_obs_buf[t] = torch.as_tensor(next_obs, dtype=torch.float32, device=device) * scale + shift
-                state.observe(F.one_hot(action, num_actions).float(), rewards[t], mean, logvar,
+                next_obs_buf[t] = obs_scaling(next_obs)
+                state.observe(action_features(action, action_space), rewards[t], mean, logvar,
                               session_end_signal(info, termination_logit, args, device))
         agent.belief_rms.update(beliefs)
         for _ in range(0 if policy_phase else args.vae_random_episodes // args.num_envs):
-            buffer.add(*random_episodes(envs_, args, num_actions, scale, shift, device))
+            buffer.add(*random_episodes(envs_, args, obs_scaling, device))
         global_step += args.policy_batch_size if policy_phase else args.batch_size
         episode_returns = rewards.sum(0)
         writer.add_scalar("charts/episodic_return", episode_returns.mean().item(), global_step)
@@ -862,7 +967,7 @@ if __name__ == "__main__":
         # ALGO LOGIC: VAE update with the true session ends (training-time teacher forcing)
         tick = time.time()
         if not policy_phase:
-            buffer.add(obs, F.one_hot(actions, num_actions).float(), rewards, next_obs_buf, session_done)
+            buffer.add(obs, action_features(actions, action_space), rewards, next_obs_buf, session_done)
         loss, terms = torch.zeros(()), {}
         for _ in range(0 if policy_phase else args.vae_updates):
             loss, terms = vae_loss(encoder, decoder, prior_net, buffer.sample(args.vae_batch_episodes), args, device)
@@ -879,7 +984,8 @@ if __name__ == "__main__":
             next_values = torch.cat([values[1:], torch.zeros_like(values[:1])])
             episode_ends = torch.zeros_like(session_done)
             episode_ends[-1] = True
-            advantages, returns = compute_gae(rewards, values, next_values, episode_ends, args.gamma, args.gae_lambda)
+            ppo_rewards = scale_rewards(agent, rewards, args.gamma) if args.norm_reward else rewards
+            advantages, returns = compute_gae(ppo_rewards, values, next_values, episode_ends, args.gamma, args.gae_lambda)
         env_inds = np.arange(envs_.num_envs)
         envs_per_batch = envs_.num_envs // args.num_minibatches
         clipfracs, pg_loss, v_loss, entropy_loss, approx_kl = [0.0], torch.zeros(()), torch.zeros(()), torch.zeros(()), torch.zeros(())
@@ -888,7 +994,8 @@ if __name__ == "__main__":
             for start in range(0, envs_.num_envs, envs_per_batch):
                 mb = env_inds[start : start + envs_per_batch]
                 mb_inputs = policy_inputs[:, mb].reshape(-1, policy_inputs.shape[-1])
-                _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_inputs, actions[:, mb].reshape(-1))
+                mb_actions = actions[:, mb].reshape(-1, *action_space.shape)
+                _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_inputs, mb_actions)
                 logratio = newlogprob - logprobs[:, mb].reshape(-1)
                 ratio = logratio.exp()
                 with torch.no_grad():
@@ -948,7 +1055,8 @@ if __name__ == "__main__":
 
     write_eval(args.num_iterations, final=True)
     if args.capture_video:
-        record_video(encoder, agent, args, env_kwargs, device, os.path.join(run_dir, "videos"), seed=args.seed)
+        record_video(encoder, agent, obs_scaling, args, env_kwargs, device, os.path.join(run_dir, "videos"),
+                     seed=args.seed)
     total = sum(timing.values())
     print("time: " + ", ".join(f"{name} {seconds:.0f}s ({seconds / total:.0%})" for name, seconds in timing.items()))
     if args.save_model:

@@ -93,10 +93,9 @@ def explorer_episodes(num_episodes: int, epsilon: float, seed: int, env_kwargs: 
         posterior = np.where(ended[:, None], posterior @ config.transition_matrix, posterior)
         favourite = np.where(ended, rng.integers(config.num_goals, size=num_episodes), favourite)
         obs = next_obs
-    scale, shift = dm.observation_scaling(env.single_observation_space, "cpu")
+    scaling = dm.ObservationScaling(env.single_observation_space)
     stack = lambda i: torch.as_tensor(np.stack([s[i] for s in steps]))  # noqa: E731
-    data = (stack(0).float() * scale + shift, F.one_hot(stack(1), 5).float(), stack(2).float(),
-            stack(3).float() * scale + shift, stack(4))
+    data = (scaling(stack(0)), F.one_hot(stack(1), 5).float(), stack(2).float(), scaling(stack(3)), stack(4))
     return data, torch.as_tensor(np.stack(posteriors), dtype=torch.float32), np.stack(latents)
 
 
@@ -140,6 +139,8 @@ def main(args: Args) -> dict:
     vae_args = tyro.cli(dm.Args, args=shlex.split(args.extra))
     vae_args.seed = args.seed
     env_kwargs = dm.check_args(vae_args)
+    envs_ = dm.make_envs(vae_args.env_id, vae_args.num_envs, env_kwargs)
+    dm.fill_family_defaults(vae_args, envs_)
     if vae_args.env_id != "dynamite/Gridworld-v0":
         raise SystemExit("error: the belief probe needs the Gridworld (its exact posterior is computed here)")
     torch.set_num_threads(vae_args.num_threads)
@@ -174,8 +175,7 @@ def main(args: Args) -> dict:
 
     # a checkpoint from which dynamite_rl.py trains a fresh policy on this frozen encoder
     vae_args.vae_updates = 0
-    agent = dm.Agent(obs_dim, num_actions, vae_args)
-    envs_ = dm.make_envs(vae_args.env_id, vae_args.num_envs, env_kwargs)
+    agent = dm.Agent(obs_dim, envs_.single_action_space, vae_args)
     envs_.reset(seed=vae_args.seed)
     os.makedirs(args.run_dir, exist_ok=True)
     dm.save_checkpoint(os.path.join(args.run_dir, "checkpoint.pt"),

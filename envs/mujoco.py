@@ -209,6 +209,8 @@ class DLCMDPHalfCheetahVelEnv(_DLCMDPHalfCheetah):
 class DLCMDPHalfCheetahWindVelEnv(DLCMDPHalfCheetahVelEnv):
     """HalfCheetah-Vel, and a backward wind of f_w = 10 + 10 sin(0.3 i [+ phase]) on the torso."""
 
+    latent_changes_dynamics = True  # the wind: agents should model next states too
+
     @property
     def latent(self) -> np.ndarray:
         return np.array([self.target_velocity, self.wind_force])

@@ -25,6 +25,18 @@ PHASE_FLAG = {"dynamite_rl.py": "--vae-train-steps", "varibad.py": "--vae-train-
               "contrabar.py": "--cpc-train-steps"}
 
 
+def discrete_args(module, **overrides):
+    """``module.Args(**overrides)`` with the settings left to the environment family filled in as the scripts
+    fill them for the Gridworld (discrete actions)."""
+    args = module.Args(**overrides)
+    for name, value in module.FAMILY_DEFAULTS["discrete"].items():
+        if getattr(args, name, False) is None:
+            setattr(args, name, value)
+    if getattr(args, "state_decoder", False) is None:
+        args.state_decoder = False
+    return args
+
+
 @pytest.fixture(autouse=True)
 def offline_wandb(monkeypatch, tmp_path):
     """Tests never reach the network: wandb writes offline runs into the test's folder."""

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 import contrabar as cb
+from conftest import discrete_args
 
 
 def test_infonce_is_the_cross_entropy_of_each_query_against_every_trajectory():
@@ -27,7 +28,7 @@ def test_infonce_is_the_cross_entropy_of_each_query_against_every_trajectory():
 
 def test_negatives_are_other_trajectories_at_the_same_step_never_the_positives_own(monkeypatch):
     torch.manual_seed(0)
-    args = cb.Args(cpc_anchors=60, cpc_steps=3)
+    args = discrete_args(cb, cpc_anchors=60, cpc_steps=3)
     encoder, predictor = cb.Encoder(6, 5, args), cb.FuturePredictor(6, 5, args)
     horizon, batch = 60, 4
     obs, next_obs = torch.randn(horizon, batch, 6), torch.randn(horizon, batch, 6)

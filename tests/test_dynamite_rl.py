@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dynamite_rl as dm
-from conftest import TINY, run_script
+from conftest import TINY, discrete_args, run_script
 
 # two episodes of H = 6 steps, sessions by step: [0 0 0 1 1 1] and [0 0 1 1 1 2]
 SESSION_DONE = torch.tensor([[0, 0], [0, 1], [1, 0], [0, 0], [0, 1], [1, 1]], dtype=torch.bool)
@@ -43,7 +43,7 @@ def test_kl_uses_previous_belief_inside_a_session_and_the_prior_at_its_start():
 
 
 def test_session_start_prior_is_standard_normal_in_the_first_session():
-    args = dm.Args(latent_dim=3)
+    args = discrete_args(dm, latent_dim=3)
     prior_net = dm.LatentDynamicsPrior(args)
     beliefs = torch.randn(6, 2, 6)
     mean, logvar = dm.session_start_prior(prior_net, beliefs, SESSION_DONE, args)
@@ -51,7 +51,7 @@ def test_session_start_prior_is_standard_normal_in_the_first_session():
     assert (mean[first] == 0).all() and (logvar[first] == 0).all()
     learned_mean, _ = prior_net(beliefs)
     torch.testing.assert_close(mean[~first], learned_mean[~first])
-    off_mean, off_logvar = dm.session_start_prior(prior_net, beliefs, SESSION_DONE, dm.Args(latent_dim=3, conditioning=False))
+    off_mean, off_logvar = dm.session_start_prior(prior_net, beliefs, SESSION_DONE, discrete_args(dm, latent_dim=3, conditioning=False))
     assert (off_mean == 0).all() and (off_logvar == 0).all()
 
 
@@ -108,7 +108,7 @@ def test_termination_loss_is_binary_cross_entropy():
 
 def test_reconstruction_ignores_masked_out_targets():
     torch.manual_seed(0)
-    args = dm.Args(latent_dim=3)
+    args = discrete_args(dm, latent_dim=3)
     decoder = dm.Decoder(4, 5, args)
     obs, actions = torch.randn(6, 2, 4), torch.nn.functional.one_hot(torch.randint(5, (6, 2)), 5).float()
     rewards, means, logvars = torch.randn(6, 2), torch.randn(6, 2, 3), torch.full((6, 2, 3), -30.0)

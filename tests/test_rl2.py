@@ -1,21 +1,23 @@
 """RL^2: the memory runs through whole episodes, session ends included, and starts afresh with every episode."""
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 import rl2
+from conftest import discrete_args
 
 
 def episode(seed: int = 0, num_envs: int = 3):
     """A random-action episode of the Gridworld, scaled as the script scales it, (H, B, ...)."""
     envs_ = rl2.make_envs("dynamite/Gridworld-v0", num_envs, {})
     next_obs, _ = envs_.reset(seed=seed)
-    scale, shift = rl2.observation_scaling(envs_.single_observation_space, "cpu")
+    scaling = rl2.ObservationScaling(envs_.single_observation_space)
     rng = np.random.default_rng(seed)
     obs, actions, rewards, session_done = [], [], [], []
     for _ in range(60):
         action = rng.integers(5, size=num_envs)
-        obs.append(torch.as_tensor(next_obs, dtype=torch.float32) * scale + shift)
+        obs.append(scaling(next_obs))
         next_obs, reward, _, _, info = envs_.step(action)
         actions.append(torch.nn.functional.one_hot(torch.as_tensor(action), 5).float())
         rewards.append(torch.as_tensor(reward, dtype=torch.float32))
@@ -25,8 +27,8 @@ def episode(seed: int = 0, num_envs: int = 3):
 
 def test_the_memory_is_not_reset_at_a_session_end():
     torch.manual_seed(0)
-    args = rl2.Args()
-    agent = rl2.Agent(6, 5, args)
+    args = discrete_args(rl2)
+    agent = rl2.Agent(6, gym.spaces.Discrete(5), args)
     obs, actions, rewards, session_done = episode()
     inputs = rl2.unroll(agent, obs, actions, rewards, args, "cpu")
     hidden = inputs[..., 7:]  # (s, t/H, h)
@@ -45,8 +47,8 @@ def test_the_memory_is_not_reset_at_a_session_end():
 
 def test_every_episode_starts_from_a_zero_memory():
     torch.manual_seed(0)
-    args = rl2.Args()
-    agent = rl2.Agent(6, 5, args)
+    args = discrete_args(rl2)
+    agent = rl2.Agent(6, gym.spaces.Discrete(5), args)
     state = rl2.RecurrentState(3, 5, args, "cpu")
     assert not state.hidden.any() and not state.prev_action.any() and not state.reward.any()
     obs, actions, rewards, _ = episode(seed=1)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,7 @@ import contrabar
 import dynamite_rl
 import rl2
 import varibad
-from conftest import PHASE_FLAG, ROOT, SCRIPTS, TINY, VAE_SCRIPTS, run_script
+from conftest import PHASE_FLAG, ROOT, SCRIPTS, TINY, VAE_SCRIPTS, discrete_args, run_script
 
 MODULES = {"dynamite_rl.py": dynamite_rl, "varibad.py": varibad, "rl2.py": rl2, "contrabar.py": contrabar}
 # an episode pair of H = 6 steps with session ends marked
@@ -185,22 +186,27 @@ def test_tracking_with_wandb_offline(script, tmp_path):
     assert list(tmp_path.glob("**/offline-run-*")), "wandb wrote no offline run"
 
 
-def test_observation_scaling_maps_bounds_to_unit_interval(algo):
+def test_observation_scaling_maps_bounds_to_unit_interval_and_standardises_the_rest(algo):
     import gymnasium as gym
 
     low, high = np.array([0.0, -2.0, -np.inf], np.float32), np.array([4.0, 2.0, np.inf], np.float32)
-    space = gym.spaces.Box(low=low, high=high, dtype=np.float32)
-    scale, shift = algo.observation_scaling(space, "cpu")
+    scaling = algo.ObservationScaling(gym.spaces.Box(low=low, high=high, dtype=np.float32))
     obs = torch.tensor([[0.0, -2.0, 7.0], [4.0, 2.0, -3.0], [2.0, 0.0, 0.0]])
-    torch.testing.assert_close(obs * scale + shift, torch.tensor([[-1.0, -1.0, 7.0], [1.0, 1.0, -3.0], [0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(scaling(obs), torch.tensor([[-1.0, -1.0, 7.0], [1.0, 1.0, -3.0], [0.0, 0.0, 0.0]]))
+    samples = torch.randn(1000, 3) * torch.tensor([1.0, 1.0, 5.0]) + torch.tensor([2.0, 0.0, 3.0])
+    scaling.fit(samples)  # only the unbounded dimension is standardised
+    fitted = scaling(samples)
+    torch.testing.assert_close(fitted[:, 2].mean(), torch.tensor(0.0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(fitted[:, 2].std(), torch.tensor(1.0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(scaling(obs)[:, :2], torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]))
 
 
 def test_policy_input_carries_the_elapsed_fraction_of_the_episode(vae_algo):
     obs, mean, logvar = torch.zeros(3, 6), torch.ones(3, 5), -torch.ones(3, 5)
-    agent = vae_algo.Agent(6, 5, vae_algo.Args())
-    with_time = vae_algo.policy_input(agent, obs, 15, 60, mean, logvar, vae_algo.Args())
+    agent = vae_algo.Agent(6, gym.spaces.Discrete(5), discrete_args(vae_algo))
+    with_time = vae_algo.policy_input(agent, obs, 15, 60, mean, logvar, discrete_args(vae_algo))
     assert with_time.shape == (3, 17) and (with_time[:, 6] == 0.25).all()
-    assert vae_algo.policy_input(agent, obs, 15, 60, mean, logvar, vae_algo.Args(time_feature=False)).shape == (3, 16)
+    assert vae_algo.policy_input(agent, obs, 15, 60, mean, logvar, discrete_args(vae_algo, time_feature=False)).shape == (3, 16)
 
 
 def test_running_statistics_equal_those_of_all_batches_together(vae_algo):
@@ -217,8 +223,8 @@ def test_running_statistics_equal_those_of_all_batches_together(vae_algo):
 
 
 def test_the_policy_sees_the_belief_standardised_by_the_running_statistics(vae_algo):
-    args = vae_algo.Args()
-    agent = vae_algo.Agent(6, 5, args)
+    args = discrete_args(vae_algo)
+    agent = vae_algo.Agent(6, gym.spaces.Discrete(5), args)
     beliefs = torch.randn(60, 8, 10) * 3 + 4
     agent.belief_rms.update(beliefs)
     obs = torch.zeros(60 * 8, 6)
@@ -226,12 +232,12 @@ def test_the_policy_sees_the_belief_standardised_by_the_running_statistics(vae_a
     torch.testing.assert_close(inputs[:, 7:].mean(0), torch.zeros(10), atol=1e-3, rtol=0)
     torch.testing.assert_close(inputs[:, 7:].std(0), torch.ones(10), atol=1e-2, rtol=0)
     raw = vae_algo.policy_input(agent, obs, 0, 60, beliefs.reshape(-1, 10)[:, :5], beliefs.reshape(-1, 10)[:, 5:],
-                          vae_algo.Args(norm_belief=False))
+                          discrete_args(vae_algo, norm_belief=False))
     torch.testing.assert_close(raw[:, 7:], beliefs.reshape(-1, 10))
 
 
 def test_episode_buffer_keeps_the_last_episodes_and_samples_time_major(vae_algo):
-    buffer = vae_algo.EpisodeBuffer(capacity=5, horizon=3, obs_dim=2, num_actions=4, device="cpu")
+    buffer = vae_algo.EpisodeBuffer(capacity=5, horizon=3, obs_dim=2, action_dim=4, device="cpu")
     for start in (0, 3):  # 3 episodes, then 3 more: the oldest is overwritten
         ids = torch.arange(start, start + 3, dtype=torch.float32)
         obs = ids[None, :, None].expand(3, 3, 2)
@@ -241,17 +247,17 @@ def test_episode_buffer_keeps_the_last_episodes_and_samples_time_major(vae_algo)
     obs, actions, rewards, next_obs, session_done = buffer.sample(7)
     assert obs.shape == (3, 7, 2) and actions.shape == (3, 7, 4) and session_done.shape == (3, 7)
     assert set(rewards[0].tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0} and (rewards == rewards[0]).all()
-    restored = vae_algo.EpisodeBuffer(capacity=5, horizon=3, obs_dim=2, num_actions=4, device="cpu")
+    restored = vae_algo.EpisodeBuffer(capacity=5, horizon=3, obs_dim=2, action_dim=4, device="cpu")
     restored.load_state_dict(buffer.state_dict())
     assert all(torch.equal(restored.fields[k], buffer.fields[k]) for k in buffer.fields)
 
 
 def test_random_episodes_are_whole_episodes_of_the_environment(vae_algo):
-    args = vae_algo.Args(num_envs=4, horizon=60)
+    args = discrete_args(vae_algo, num_envs=4, horizon=60)
     envs_ = vae_algo.make_envs(args.env_id, 4, {})
     envs_.reset(seed=0)
-    scale, shift = vae_algo.observation_scaling(envs_.single_observation_space, "cpu")
-    obs, actions, rewards, next_obs, session_done = vae_algo.random_episodes(envs_, args, 5, scale, shift, "cpu")
+    scaling = vae_algo.ObservationScaling(envs_.single_observation_space)
+    obs, actions, rewards, next_obs, session_done = vae_algo.random_episodes(envs_, args, scaling, "cpu")
     assert obs.shape == (60, 4, 6) and actions.shape == (60, 4, 5) and rewards.shape == (60, 4)
     assert (actions.sum(-1) == 1).all() and obs.abs().max() <= 1.0
     assert session_done.sum(0).tolist() == [4, 4, 4, 4]  # the fixed schedule: 4 sessions each
@@ -267,7 +273,7 @@ def test_random_episodes_count_as_env_steps(vae_script, tmp_path):
 
 def test_decoding_the_mean_ignores_the_belief_variance(vae_algo):
     torch.manual_seed(0)
-    args = vae_algo.Args(latent_dim=3)
+    args = discrete_args(vae_algo, latent_dim=3)
     decoder = vae_algo.Decoder(4, 5, args)
     obs, actions = torch.randn(6, 2, 4), torch.nn.functional.one_hot(torch.randint(5, (6, 2)), 5).float()
     rewards, means = torch.randn(6, 2), torch.randn(6, 2, 3)
@@ -292,11 +298,11 @@ def test_the_reward_decoder_reads_the_state_the_transition_lands_in(vae_algo):
     torch.manual_seed(0)
     latent, obs, next_obs = torch.randn(4, 3), torch.randn(4, 6), torch.randn(4, 6)
     action = torch.nn.functional.one_hot(torch.arange(4), 5).float()
-    decoder = vae_algo.Decoder(6, 5, vae_algo.Args(latent_dim=3))
+    decoder = vae_algo.Decoder(6, 5, discrete_args(vae_algo, latent_dim=3))
     reward, state = decoder(latent, obs, action, next_obs)
     assert state is None
     torch.testing.assert_close(decoder(latent, torch.randn(4, 6), action.flip(0), next_obs)[0], reward)
     assert not torch.allclose(decoder(latent, obs, action, torch.randn(4, 6))[0], reward)
-    full = vae_algo.Decoder(6, 5, vae_algo.Args(latent_dim=3, decoder_prev_state=True, decoder_action=True, state_decoder=True))
+    full = vae_algo.Decoder(6, 5, discrete_args(vae_algo, latent_dim=3, decoder_prev_state=True, decoder_action=True, state_decoder=True))
     reward, state = full(latent, obs, action, next_obs)
     assert state.shape == (4, 6) and not torch.allclose(full(latent, obs, action.flip(0), next_obs)[0], reward)

@@ -3,6 +3,7 @@
 import torch
 
 import varibad as vb
+from conftest import discrete_args
 
 # two episodes of H = 6 steps with session ends marked (VariBAD ignores sessions except where the observation
 # after a session's last step is the next session's start)
@@ -10,7 +11,7 @@ SESSION_DONE = torch.tensor([[0, 0], [0, 1], [1, 0], [0, 0], [0, 1], [1, 1]], dt
 
 
 def test_the_prior_is_the_belief_at_the_initial_hidden_state():
-    encoder = vb.Encoder(6, 5, vb.Args(latent_dim=3))
+    encoder = vb.Encoder(6, 5, discrete_args(vb, latent_dim=3))
     mean, logvar = encoder.prior(4)
     assert mean.shape == (4, 3)
     torch.testing.assert_close(mean, encoder.belief_mean.bias.expand(4, 3))
@@ -29,7 +30,7 @@ def test_kl_chains_each_belief_to_the_one_before_and_the_prior_to_a_standard_nor
 
 def test_every_belief_reconstructs_every_transition_of_the_episode(monkeypatch):
     torch.manual_seed(0)
-    args = vb.Args(latent_dim=3, decode_beliefs=6)
+    args = discrete_args(vb, latent_dim=3, decode_beliefs=6)
     encoder, decoder = vb.Encoder(4, 5, args), vb.Decoder(4, 5, args)
     obs, next_obs = torch.randn(6, 2, 4), torch.randn(6, 2, 4)
     actions = torch.nn.functional.one_hot(torch.randint(5, (6, 2)), 5).float()

@@ -1,0 +1,62 @@
+"""Continuous control: every script trains on every MuJoCo DLCMDP, and a saved agent evaluates as it trained."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import dynamite_rl
+from conftest import PHASE_FLAG, SCRIPTS, run_script
+
+MUJOCO = ["dynamite/Reacher-v0", "dynamite/HalfCheetahDir-v0", "dynamite/HalfCheetahVel-v0",
+          "dynamite/HalfCheetahWindVel-v0"]
+# 2 iterations of 4 episodes of 400 steps (the second in the policy phase for scripts with an encoder)
+TINY = ["--num-envs", "4", "--num-minibatches", "2", "--total-timesteps", "3200", "--policy-num-envs", "4",
+        "--eval-episodes", "4", "--log-every", "1", "--eval-every", "1"]
+ENCODER_STEPS = {"dynamite_rl.py": ["--vae-updates", "2", "--vae-batch-episodes", "4"],
+                 "varibad.py": ["--vae-updates", "2", "--vae-batch-episodes", "4"],
+                 "contrabar.py": ["--cpc-updates", "2", "--cpc-batch-episodes", "4"]}
+
+
+@pytest.mark.parametrize("env_id", MUJOCO)
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_trains_on_every_mujoco_environment(script, env_id, tmp_path):
+    flags = TINY + ENCODER_STEPS.get(script, [])
+    if script in PHASE_FLAG:
+        flags = flags + [PHASE_FLAG[script], "1600"]
+    else:  # RL^2 has one phase
+        i = flags.index("--policy-num-envs")
+        flags = flags[:i] + flags[i + 2:]
+    run_dir = run_script(script, *flags, "--env-id", env_id, cwd=tmp_path)
+    result = json.load(open(os.path.join(run_dir, "eval.json")))
+    final = result["evaluations"][-1]
+    assert result["finished"] and final["global_step"] == 3200 and result["bayes_optimal_return"] is None
+    assert len(final["return_per_session"]) == 8 and len(final["consecutive_episode_returns"]) == 5
+    args = result["args"]
+    assert args["ent_coef"] == 0.05 and args["eval_episodes"] == 4 and args["norm_reward"] is True
+    if script != "rl2.py":
+        assert args["embed_dim"] == 32
+    if "latent_dim" in args:
+        assert args["latent_dim"] == 16
+        assert args["state_decoder"] is (env_id == "dynamite/HalfCheetahWindVel-v0")
+
+
+def test_a_saved_agent_evaluates_exactly_as_the_run_evaluated_it(tmp_path):
+    flags = TINY + ENCODER_STEPS["dynamite_rl.py"] + ["--vae-train-steps", "1600", "--save-model"]
+    run_dir = run_script("dynamite_rl.py", *flags, "--env-id", "dynamite/HalfCheetahVel-v0", cwd=tmp_path)
+    final = json.load(open(os.path.join(run_dir, "eval.json")))["evaluations"][-1]
+    checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
+    args = dynamite_rl.Args(**checkpoint["args"])
+    envs_ = dynamite_rl.make_envs(args.env_id, 1, {})
+    obs_dim, space = envs_.single_observation_space.shape[0], envs_.single_action_space
+    modules = {"encoder": dynamite_rl.Encoder(obs_dim, space.shape[0], args),
+               "agent": dynamite_rl.Agent(obs_dim, space, args),
+               "obs_scaling": dynamite_rl.ObservationScaling(envs_.single_observation_space)}
+    for name, module in modules.items():
+        module.load_state_dict(checkpoint["modules"][name])
+    assert modules["obs_scaling"].unbounded.all() and not torch.all(modules["obs_scaling"].scale == 1)
+    result = dynamite_rl.evaluate(modules["encoder"], modules["agent"], modules["obs_scaling"], args, {}, "cpu",
+                                  args.eval_episodes, consecutive=5, seed=args.seed + 1_000_000)
+    assert result["return"] == final["return"]
+    assert result["consecutive_episode_returns"] == final["consecutive_episode_returns"]
