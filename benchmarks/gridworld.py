@@ -140,6 +140,10 @@ def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
         mean, std = curves.mean(0), curves.std(0)
         ax.plot(steps, mean, label=METHODS[method][0])
         ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    phase_starts = {run["args"].get("vae_train_steps") or run["args"].get("cpc_train_steps")
+                    for runs in results.values() for run in runs} - {None, 0}
+    for i, step in enumerate(sorted(phase_starts)):
+        ax.axvline(step, color="gray", ls="-.", lw=0.8, label="policy phase starts" if i == 0 else None)
     ax.axhline(reference["bayes"]["total"], color="k", ls="--", lw=1, label=f"Bayes-optimal {reference['bayes']['total']:.2f}")
     ax.axhline(reference["memoryless"]["total"], color="gray", ls=":", lw=1,
                label=f"no memory across sessions {reference['memoryless']['total']:.2f}")
