@@ -56,3 +56,15 @@ def test_the_belief_probe_writes_results_and_a_checkpoint_dynamite_rl_resumes(tm
                              capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert '"vae_updates": 0' in (tmp_path / "run" / "eval.json").read_text()
+
+
+def test_mujoco_throughput_writes_its_table(tmp_path):
+    output = tmp_path / "throughput.md"
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "mujoco_throughput.py"), "--num-envs", "4",
+               "--iterations", "1", "--seconds", "0.2", "--output", str(output),
+               "--extra=--eval-episodes 2 --vae-updates 1 --vae-batch-episodes 4 --num-minibatches 2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = output.read_text()
+    assert "| raw: one environment |" in table and "| training: dynamite_rl.py, 1 iterations" in table
+    assert "% of the single environment's raw rate" in table
