@@ -1,7 +1,9 @@
-"""Train methods x seeds on the Gridworld in parallel processes and write a table and plots into docs/.
+"""Train methods x seeds on the Gridworld (or another DLCMDP) in parallel processes; write a table and plots.
 
     python benchmarks/gridworld.py          # all methods: DynaMITE-RL, its ablations and the baselines, 5 seeds
     python benchmarks/gridworld.py --methods dynamite no-consistency --seeds 1 2 --workers 2
+    python benchmarks/gridworld.py --env-id dynamite/HalfCheetahVel-v0 --methods dynamite varibad --seeds 1 2 3 \
+        --runs-dir runs/benchmark_halfcheetah_vel --output docs/halfcheetah_vel_comparison
 
 Every run has its own folder under --runs-dir; a finished run is not redone and an interrupted one is resumed
 from its checkpoint, so the same command continues a benchmark. All methods get the same env steps.
@@ -34,11 +36,14 @@ METHODS = {
     "rl2": ("RL²", "rl2.py", []),
     "contrabar": ("ContraBAR", "contrabar.py", []),
 }
-TARGET = 45.0
+TARGET = 45.0  # on the Gridworld
+GRIDWORLD = "dynamite/Gridworld-v0"
 
 
 @dataclass
 class Args:
+    env_id: str = GRIDWORLD
+    """the environment of every run (the Bayes-optimal reference and the time to 45.0 are the Gridworld's)"""
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     """methods to run, from: dynamite, no-consistency, no-conditioning, no-session-recon, oracle-sessions, varibad,
     rl2, contrabar"""
@@ -68,7 +73,8 @@ def run_one(args: Args, method: str, seed: int) -> str:
     if os.path.exists(checkpoint):
         command += ["--resume", checkpoint]
     else:
-        command += ["--seed", str(seed), "--exp-name", method, "--run-dir", run_dir, *flags, *shlex.split(args.extra)]
+        command += ["--seed", str(seed), "--exp-name", method, "--run-dir", run_dir, "--env-id", args.env_id, *flags,
+                    *shlex.split(args.extra)]
     command += ["--save-model", "--eval-every", str(args.eval_every), "--log-every", "1000000"]
     if args.total_timesteps:
         command += ["--total-timesteps", str(args.total_timesteps)]
@@ -94,14 +100,16 @@ def load(args: Args) -> dict[str, list[dict]]:
 
 
 def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
-    from envs.gridworld_reference import reference_returns
+    gridworld = args.env_id == GRIDWORLD
+    if gridworld:
+        from envs.gridworld_reference import reference_returns
 
-    reference = reference_returns()
-    bayes, memoryless = reference["bayes"]["total"], reference["memoryless"]["total"]
-    lines = [
-        "| method | seeds | final return | of Bayes-optimal | train time per seed | env steps/s | time to 45.0 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
+        reference = reference_returns()
+        bayes, memoryless = reference["bayes"]["total"], reference["memoryless"]["total"]
+        lines = ["| method | seeds | final return | of Bayes-optimal | train time per seed | env steps/s | time to 45.0 |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    else:
+        lines = ["| method | seeds | final return | train time per seed | env steps/s |", "| --- | ---: | ---: | ---: | ---: |"]
     for method, runs in results.items():
         finals = [r["evaluations"][-1] for r in runs if r.get("finished")]
         if not finals:
@@ -109,14 +117,21 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
         returns = np.array([f["return"] for f in finals])
         times = np.array([f["train_time"] for f in finals])
         sps = np.array([f["global_step"] / f["train_time"] for f in finals])
-        reached = [next((e["train_time"] for e in r["evaluations"] if e["return"] >= TARGET), None)
-                   for r in runs if r.get("finished")]
-        hit = [t for t in reached if t is not None]
-        to_target = (f"{np.mean(hit) / 60:.1f} min ({len(hit)}/{len(reached)} seeds)" if hit else f"not reached (0/{len(reached)})")
-        lines.append(f"| {METHODS[method][0]} | {len(finals)} | {returns.mean():.2f} ± {returns.std():.2f} | "
-                     f"{returns.mean() / bayes:.1%} | {times.mean() / 60:.1f} min | {sps.mean():,.0f} | {to_target} |")
-    lines += ["", f"Bayes-optimal {bayes:.3f}; best without memory across sessions {memoryless:.3f}; "
-              "returns are greedy, over each run's final evaluation episodes; ± is the std over seeds."]
+        row = f"| {METHODS[method][0]} | {len(finals)} | {returns.mean():.2f} ± {returns.std():.2f} | "
+        if gridworld:
+            reached = [next((e["train_time"] for e in r["evaluations"] if e["return"] >= TARGET), None)
+                       for r in runs if r.get("finished")]
+            hit = [t for t in reached if t is not None]
+            to_target = (f"{np.mean(hit) / 60:.1f} min ({len(hit)}/{len(reached)} seeds)" if hit
+                         else f"not reached (0/{len(reached)})")
+            row += f"{returns.mean() / bayes:.1%} | {times.mean() / 60:.1f} min | {sps.mean():,.0f} | {to_target} |"
+        else:
+            row += f"{times.mean() / 60:.1f} min | {sps.mean():,.0f} |"
+        lines.append(row)
+    lines.append("")
+    if gridworld:
+        lines.append(f"Bayes-optimal {bayes:.3f}; best without memory across sessions {memoryless:.3f}; ")
+    lines[-1] += "returns are greedy, over each run's final evaluation episodes; ± is the std over seeds."
     return lines
 
 
@@ -125,9 +140,13 @@ def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from envs.gridworld_reference import reference_returns
 
-    reference = reference_returns()
+    name = args.env_id.split("/")[-1].rsplit("-v", 1)[0]
+    reference = None
+    if args.env_id == GRIDWORLD:
+        from envs.gridworld_reference import reference_returns
+
+        reference = reference_returns()
     figures = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, runs in results.items():
@@ -144,16 +163,18 @@ def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
                     for runs in results.values() for run in runs} - {None, 0}
     for i, step in enumerate(sorted(phase_starts)):
         ax.axvline(step, color="gray", ls="-.", lw=0.8, label="policy phase starts" if i == 0 else None)
-    ax.axhline(reference["bayes"]["total"], color="k", ls="--", lw=1, label=f"Bayes-optimal {reference['bayes']['total']:.2f}")
-    ax.axhline(reference["memoryless"]["total"], color="gray", ls=":", lw=1,
-               label=f"no memory across sessions {reference['memoryless']['total']:.2f}")
-    ax.set(xlabel="environment steps", ylabel="return (greedy)", title="Gridworld: learning curves (mean ± std over seeds)")
-    ax.set_ylim(bottom=max(ax.get_ylim()[0], -5))
+    if reference is not None:
+        ax.axhline(reference["bayes"]["total"], color="k", ls="--", lw=1,
+                   label=f"Bayes-optimal {reference['bayes']['total']:.2f}")
+        ax.axhline(reference["memoryless"]["total"], color="gray", ls=":", lw=1,
+                   label=f"no memory across sessions {reference['memoryless']['total']:.2f}")
+        ax.set_ylim(bottom=max(ax.get_ylim()[0], -5))
+    ax.set(xlabel="environment steps", ylabel="return (greedy)", title=f"{name}: learning curves (mean ± std over seeds)")
     ax.legend(fontsize=8)
     figures.append(save(fig, f"{args.output}_curves.png"))
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / max(1, len(results))
+    width, x = 0.8 / max(1, len(results)), np.arange(1)
     for i, (method, runs) in enumerate(results.items()):
         finals = [r["evaluations"][-1] for r in runs if r.get("finished")]
         if not finals:
@@ -164,10 +185,11 @@ def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
         consecutive = np.array([f["consecutive_episode_returns"] for f in finals])
         right.errorbar(np.arange(1, consecutive.shape[1] + 1), consecutive.mean(0), yerr=consecutive.std(0),
                        marker="o", capsize=3, label=METHODS[method][0])
-    left.plot(x + 0.4 - width / 2, reference["bayes"]["per_session"], "k_", ms=20, mew=2, label="Bayes-optimal")
+    if reference is not None:
+        left.plot(x + 0.4 - width / 2, reference["bayes"]["per_session"], "k_", ms=20, mew=2, label="Bayes-optimal")
+        right.axhline(reference["bayes"]["total"], color="k", ls="--", lw=1, label="Bayes-optimal (first episode)")
     left.set(xlabel="session", ylabel="return", title="Return per session", xticks=x + 0.4 - width / 2,
              xticklabels=[str(s) for s in x])
-    right.axhline(reference["bayes"]["total"], color="k", ls="--", lw=1, label="Bayes-optimal (first episode)")
     right.set(xlabel="consecutive episode in the same task", ylabel="return", title="Test-time adaptation",
               xticks=range(1, 6))
     left.legend(fontsize=7), right.legend(fontsize=7)
@@ -195,7 +217,7 @@ def main(args: Args) -> None:
     table = summarize(args, results)
     figures = plot(args, results)
     command = "python benchmarks/gridworld.py " + shlex.join(sys.argv[1:])
-    lines = ["# Gridworld benchmark", "", f"Command: `{command.strip()}` ({len(jobs)} runs, {args.workers} in parallel, "
+    lines = [f"# {args.env_id.split('/')[-1].rsplit('-v', 1)[0]} benchmark", "", f"Command: `{command.strip()}` ({len(jobs)} runs, {args.workers} in parallel, "
              f"{(time.time() - start) / 60:.0f} min wall time for this invocation).", "", *table, ""]
     lines += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in figures]
     with open(f"{args.output}.md", "w") as f:

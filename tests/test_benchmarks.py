@@ -68,3 +68,17 @@ def test_mujoco_throughput_writes_its_table(tmp_path):
     table = output.read_text()
     assert "| raw: one environment |" in table and "| training: dynamite_rl.py, 1 iterations" in table
     assert "% of the single environment's raw rate" in table
+
+
+def test_the_comparison_runs_on_a_mujoco_environment_without_gridworld_references(tmp_path):
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "gridworld.py"), "--env-id", "dynamite/Reacher-v0",
+               "--methods", "dynamite", "varibad", "--seeds", "1", "--total-timesteps", "3200", "--eval-every", "1",
+               "--runs-dir", str(tmp_path / "runs"), "--output", str(tmp_path / "reacher"),
+               "--extra=--num-envs 4 --num-minibatches 2 --eval-episodes 2 --vae-batch-episodes 4"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = (tmp_path / "reacher.md").read_text()
+    assert table.startswith("# Reacher benchmark") and "| DynaMITE-RL | 1 |" in table and "| VariBAD | 1 |" in table
+    assert "Bayes" not in table and (tmp_path / "reacher_curves.png").stat().st_size > 10_000
+    run = (tmp_path / "runs" / "varibad" / "seed1" / "eval.json").read_text()
+    assert '"env_id": "dynamite/Reacher-v0"' in run
