@@ -38,12 +38,12 @@ class _Sessions:
         self.schedule = make_schedule(schedule, horizon, session_length, session_prob, num_sessions)
         self.horizon = int(horizon)
         self.random_phase = bool(random_phase)
-        self._session = 0
-        self._t = 0
+        self._session, self._t, self._phase = 0, 0, 0.0
+        self._has_task = False  # keep_task needs a task drawn by an earlier reset
         self._done_flags = np.zeros(self.horizon, dtype=bool)
 
     def _start_episode(self, options: dict[str, Any] | None) -> None:
-        keep_task = bool(options and options.get("keep_task")) and getattr(self, "_has_task", False)
+        keep_task = bool(options and options.get("keep_task")) and self._has_task
         if keep_task:
             self._session += 1  # the latent's dynamics go on from the last session of the previous episode
             self._next_latent()
@@ -132,7 +132,6 @@ class _DLCMDPHalfCheetah(_Sessions, HalfCheetahEnv):
         HalfCheetahEnv.__init__(self, **kwargs)
         self._init_sessions(horizon, schedule, session_length, session_prob, num_sessions, random_phase)
         self._torso = self.model.body("torso").id
-        self._phase = 0.0
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         self._options = options

@@ -7,27 +7,25 @@ import pytest
 import torch
 
 import dynamite_rl
-from conftest import PHASE_FLAG, SCRIPTS, run_script
+from conftest import ENCODER_STEPS, PHASE_FLAG, SCRIPTS, run_script
 
 MUJOCO = ["dynamite/Reacher-v0", "dynamite/HalfCheetahDir-v0", "dynamite/HalfCheetahVel-v0",
           "dynamite/HalfCheetahWindVel-v0"]
-# 2 iterations of 4 episodes of 400 steps (the second in the policy phase for scripts with an encoder)
-TINY = ["--num-envs", "4", "--num-minibatches", "2", "--total-timesteps", "3200", "--policy-num-envs", "4",
-        "--eval-episodes", "4", "--log-every", "1", "--eval-every", "1"]
-ENCODER_STEPS = {"dynamite_rl.py": ["--vae-updates", "2", "--vae-batch-episodes", "4"],
-                 "varibad.py": ["--vae-updates", "2", "--vae-batch-episodes", "4"],
-                 "contrabar.py": ["--cpc-updates", "2", "--cpc-batch-episodes", "4"]}
+
+
+def mujoco_tiny(script: str) -> list[str]:
+    """2 iterations of 4 episodes of 400 steps; for scripts with an encoder the second is in the policy phase."""
+    flags = ["--num-envs", "4", "--num-minibatches", "2", "--total-timesteps", "3200", "--eval-episodes", "4",
+             "--log-every", "1", "--eval-every", "1", *ENCODER_STEPS.get(script, [])]
+    if script in PHASE_FLAG:
+        flags += [PHASE_FLAG[script], "1600", "--policy-num-envs", "4"]
+    return flags
 
 
 @pytest.mark.parametrize("env_id", MUJOCO)
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_every_script_trains_on_every_mujoco_environment(script, env_id, tmp_path):
-    flags = TINY + ENCODER_STEPS.get(script, [])
-    if script in PHASE_FLAG:
-        flags = flags + [PHASE_FLAG[script], "1600"]
-    else:  # RL^2 has one phase
-        i = flags.index("--policy-num-envs")
-        flags = flags[:i] + flags[i + 2:]
+    flags = mujoco_tiny(script)
     run_dir = run_script(script, *flags, "--env-id", env_id, cwd=tmp_path)
     result = json.load(open(os.path.join(run_dir, "eval.json")))
     final = result["evaluations"][-1]
@@ -43,7 +41,7 @@ def test_every_script_trains_on_every_mujoco_environment(script, env_id, tmp_pat
 
 
 def test_a_saved_agent_evaluates_exactly_as_the_run_evaluated_it(tmp_path):
-    flags = TINY + ENCODER_STEPS["dynamite_rl.py"] + ["--vae-train-steps", "1600", "--save-model"]
+    flags = mujoco_tiny("dynamite_rl.py") + ["--save-model"]
     run_dir = run_script("dynamite_rl.py", *flags, "--env-id", "dynamite/HalfCheetahVel-v0", cwd=tmp_path)
     final = json.load(open(os.path.join(run_dir, "eval.json")))["evaluations"][-1]
     checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)

@@ -9,20 +9,13 @@ from conftest import discrete_args
 
 
 def episode(seed: int = 0, num_envs: int = 3):
-    """A random-action episode of the Gridworld, scaled as the script scales it, (H, B, ...)."""
+    """A random-action episode of the Gridworld as the script records one: (obs, actions, rewards, ends)."""
     envs_ = rl2.make_envs("dynamite/Gridworld-v0", num_envs, {})
-    next_obs, _ = envs_.reset(seed=seed)
-    scaling = rl2.ObservationScaling(envs_.single_observation_space)
-    rng = np.random.default_rng(seed)
-    obs, actions, rewards, session_done = [], [], [], []
-    for _ in range(60):
-        action = rng.integers(5, size=num_envs)
-        obs.append(scaling(next_obs))
-        next_obs, reward, _, _, info = envs_.step(action)
-        actions.append(torch.nn.functional.one_hot(torch.as_tensor(action), 5).float())
-        rewards.append(torch.as_tensor(reward, dtype=torch.float32))
-        session_done.append(torch.as_tensor(info["session_done"]))
-    return torch.stack(obs), torch.stack(actions), torch.stack(rewards), torch.stack(session_done)
+    envs_.reset(seed=seed)
+    np.random.seed(seed)
+    obs, actions, rewards, _, session_done = rl2.random_episodes(
+        envs_, discrete_args(rl2, horizon=60), rl2.ObservationScaling(envs_.single_observation_space), "cpu")
+    return obs, actions, rewards, session_done
 
 
 def test_the_memory_is_not_reset_at_a_session_end():
