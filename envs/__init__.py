@@ -4,6 +4,7 @@
 >>> env = gym.make("dynamite/Gridworld-v0", size=7, num_goals=3)
 >>> vec = gym.make_vec("dynamite/Gridworld-v0", num_envs=256)  # natively batched
 >>> env = gym.make("dynamite/HalfCheetahVel-v0", schedule="poisson", num_sessions=20)
+>>> env = gym.make("dynamite/ScratchItch-v0", random_phase=True)
 """
 
 import gymnasium as gym
@@ -32,3 +33,6 @@ for _name, _cls in [("Reacher-v0", "DLCMDPReacherEnv"), ("HalfCheetahDir-v0", "D
                     ("HalfCheetahWindVel-v0", "DLCMDPHalfCheetahWindVelEnv")]:
     if f"dynamite/{_name}" not in gym.registry:
         gym.register(id=f"dynamite/{_name}", entry_point=f"envs.mujoco:{_cls}")
+# the assistive-robot DLCMDP on pybullet
+if "dynamite/ScratchItch-v0" not in gym.registry:
+    gym.register(id="dynamite/ScratchItch-v0", entry_point="envs.scratchitch:ScratchItchEnv")

@@ -16,6 +16,7 @@ Schedules (paper section 3 and 5):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -124,3 +125,45 @@ def sample_latent_chain(
     for i in range(1, length):
         chain[i] = min(np.searchsorted(cumulative[chain[i - 1]], uniforms[i], side="right"), last)
     return chain
+
+
+class EpisodeSessions:
+    """Session bookkeeping for single (non-batched) DLCMDP environments: the schedule, the session index, the step
+    count and the ``info`` keys. The environment provides ``np_random``, a ``latent`` property, ``_new_task()`` (the
+    per-episode draws) and ``_next_latent()`` (called at every session end)."""
+
+    def _init_sessions(self, horizon: int, schedule: str, session_length: int, session_prob: float,
+                       num_sessions: int, random_phase: bool) -> None:
+        self.schedule = make_schedule(schedule, horizon, session_length, session_prob, num_sessions)
+        self.horizon = int(horizon)
+        self.random_phase = bool(random_phase)
+        self._session, self._t, self._phase = 0, 0, 0.0
+        self._has_task = False  # keep_task needs a task drawn by an earlier reset
+        self._done_flags = np.zeros(self.horizon, dtype=bool)
+
+    def _start_episode(self, options: dict[str, Any] | None) -> None:
+        keep_task = bool(options and options.get("keep_task")) and self._has_task
+        if keep_task:
+            self._session += 1  # the latent's dynamics go on from the last session of the previous episode
+            self._next_latent()
+        else:
+            self._session = 0
+            self._phase = self.np_random.uniform(0, 2 * np.pi) if self.random_phase else 0.0
+            self._new_task()
+            self._has_task = True
+        self._t = 0
+        self._done_flags = self.schedule.sample(self.np_random)
+
+    def _get_reset_info(self) -> dict[str, Any]:
+        return {"latent": self.latent.copy(), "session": self._session}
+
+    def _end_step(self) -> tuple[bool, bool, dict[str, Any]]:
+        """After the physics of step t: (session_done, truncated, info); moves the latent at a session end."""
+        done = bool(self._done_flags[self._t])
+        info = {"session_done": done, "latent": self.latent.copy(), "session": self._session}
+        self._t += 1
+        truncated = self._t >= self.horizon
+        if done and not truncated:
+            self._session += 1
+            self._next_latent()
+        return done, truncated, info

@@ -25,52 +25,12 @@ from gymnasium import spaces
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
 
-from envs.dlcmdp import make_schedule, validate_transition_matrix
+from envs.dlcmdp import EpisodeSessions, validate_transition_matrix
 
 CONTROL_COST = 0.05  # weight of ||a||_2 in every reward here (paper Appendix D.2)
 
 
-class _Sessions:
-    """Session bookkeeping shared by the MuJoCo DLCMDPs: schedule, session index, step count, info."""
-
-    def _init_sessions(self, horizon: int, schedule: str, session_length: int, session_prob: float,
-                       num_sessions: int, random_phase: bool) -> None:
-        self.schedule = make_schedule(schedule, horizon, session_length, session_prob, num_sessions)
-        self.horizon = int(horizon)
-        self.random_phase = bool(random_phase)
-        self._session, self._t, self._phase = 0, 0, 0.0
-        self._has_task = False  # keep_task needs a task drawn by an earlier reset
-        self._done_flags = np.zeros(self.horizon, dtype=bool)
-
-    def _start_episode(self, options: dict[str, Any] | None) -> None:
-        keep_task = bool(options and options.get("keep_task")) and self._has_task
-        if keep_task:
-            self._session += 1  # the latent's dynamics go on from the last session of the previous episode
-            self._next_latent()
-        else:
-            self._session = 0
-            self._phase = self.np_random.uniform(0, 2 * np.pi) if self.random_phase else 0.0
-            self._new_task()
-            self._has_task = True
-        self._t = 0
-        self._done_flags = self.schedule.sample(self.np_random)
-
-    def _get_reset_info(self) -> dict[str, Any]:
-        return {"latent": self.latent.copy(), "session": self._session}
-
-    def _end_step(self) -> tuple[bool, bool, dict[str, Any]]:
-        """After the physics of step t: (session_done, truncated, info); moves the latent at a session end."""
-        done = bool(self._done_flags[self._t])
-        info = {"session_done": done, "latent": self.latent.copy(), "session": self._session}
-        self._t += 1
-        truncated = self._t >= self.horizon
-        if done and not truncated:
-            self._session += 1
-            self._next_latent()
-        return done, truncated, info
-
-
-class DLCMDPReacherEnv(_Sessions, ReacherEnv):
+class DLCMDPReacherEnv(EpisodeSessions, ReacherEnv):
     """Reacher-v5 physics with a target that moves along a circle from session to session."""
 
     def __init__(self, horizon: int = 400, schedule: str = "fixed", session_length: int = 50,
@@ -124,7 +84,7 @@ class DLCMDPReacherEnv(_Sessions, ReacherEnv):
                                self.get_body_com("fingertip")[:2]])
 
 
-class _DLCMDPHalfCheetah(_Sessions, HalfCheetahEnv):
+class _DLCMDPHalfCheetah(EpisodeSessions, HalfCheetahEnv):
     """HalfCheetah-v5 physics; subclasses set the latent and the reward."""
 
     def __init__(self, horizon: int = 400, schedule: str = "fixed", session_length: int = 50,

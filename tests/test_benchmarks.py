@@ -58,9 +58,9 @@ def test_the_belief_probe_writes_results_and_a_checkpoint_dynamite_rl_resumes(tm
     assert '"vae_updates": 0' in (tmp_path / "run" / "eval.json").read_text()
 
 
-def test_mujoco_throughput_writes_its_table(tmp_path):
+def test_throughput_writes_its_table(tmp_path):
     output = tmp_path / "throughput.md"
-    command = [sys.executable, os.path.join(ROOT, "benchmarks", "mujoco_throughput.py"), "--num-envs", "4",
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--num-envs", "4",
                "--iterations", "1", "--seconds", "0.2", "--output", str(output),
                "--extra=--eval-episodes 2 --vae-updates 1 --vae-batch-episodes 4 --num-minibatches 2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)

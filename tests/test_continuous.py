@@ -1,4 +1,5 @@
-"""Continuous control: every script trains on every MuJoCo DLCMDP, and a saved agent evaluates as it trained."""
+"""Continuous control: every script trains on every MuJoCo DLCMDP and on ScratchItch, and a saved agent evaluates as
+it trained."""
 
 import json
 import os
@@ -9,12 +10,14 @@ import torch
 import dynamite_rl
 from conftest import ENCODER_STEPS, PHASE_FLAG, SCRIPTS, run_script
 
-MUJOCO = ["dynamite/Reacher-v0", "dynamite/HalfCheetahDir-v0", "dynamite/HalfCheetahVel-v0",
-          "dynamite/HalfCheetahWindVel-v0"]
+# environment -> its sessions per episode at the defaults
+CONTINUOUS = {"dynamite/Reacher-v0": 8, "dynamite/HalfCheetahDir-v0": 8, "dynamite/HalfCheetahVel-v0": 8,
+              "dynamite/HalfCheetahWindVel-v0": 8, "dynamite/ScratchItch-v0": 4}
 
 
 def mujoco_tiny(script: str) -> list[str]:
-    """2 iterations of 4 episodes of 400 steps; for scripts with an encoder the second is in the policy phase."""
+    """3,200 steps on 4 environments (2 iterations of 400-step episodes); for scripts with an encoder the second half
+    is the policy phase."""
     flags = ["--num-envs", "4", "--num-minibatches", "2", "--total-timesteps", "3200", "--eval-episodes", "4",
              "--log-every", "1", "--eval-every", "1", *ENCODER_STEPS.get(script, [])]
     if script in PHASE_FLAG:
@@ -22,17 +25,17 @@ def mujoco_tiny(script: str) -> list[str]:
     return flags
 
 
-@pytest.mark.parametrize("env_id", MUJOCO)
+@pytest.mark.parametrize("env_id", CONTINUOUS)
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_every_script_trains_on_every_mujoco_environment(script, env_id, tmp_path):
+def test_every_script_trains_on_every_continuous_environment(script, env_id, tmp_path):
     flags = mujoco_tiny(script)
     run_dir = run_script(script, *flags, "--env-id", env_id, cwd=tmp_path)
     result = json.load(open(os.path.join(run_dir, "eval.json")))
     final = result["evaluations"][-1]
     assert result["finished"] and final["global_step"] == 3200 and result["bayes_optimal_return"] is None
-    assert len(final["return_per_session"]) == 8 and len(final["consecutive_episode_returns"]) == 5
+    assert len(final["return_per_session"]) == CONTINUOUS[env_id] and len(final["consecutive_episode_returns"]) == 5
     args = result["args"]
-    assert args["ent_coef"] == 0.05 and args["eval_episodes"] == 4 and args["norm_reward"] is True
+    assert args["ent_coef"] == (0.1 if env_id == "dynamite/ScratchItch-v0" else 0.05) and args["eval_episodes"] == 4 and args["norm_reward"] is True
     if script != "rl2.py":
         assert args["embed_dim"] == 32
     if "latent_dim" in args:
@@ -58,3 +61,12 @@ def test_a_saved_agent_evaluates_exactly_as_the_run_evaluated_it(tmp_path):
                                   args.eval_episodes, consecutive=5, seed=args.seed + 1_000_000)
     assert result["return"] == final["return"]
     assert result["consecutive_episode_returns"] == final["consecutive_episode_returns"]
+
+
+@pytest.mark.parametrize("env_id", ["dynamite/HalfCheetahVel-v0", "dynamite/ScratchItch-v0"])
+def test_capture_video_records_mujoco_and_pybullet_headless(env_id, tmp_path):
+    flags = ["--num-envs", "2", "--num-minibatches", "1", "--total-timesteps", "200", "--eval-episodes", "2",
+             "--vae-train-steps", "0", "--capture-video", "--env-kwargs", '{"horizon": 100, "session_length": 25}']
+    run_dir = run_script("dynamite_rl.py", *flags, "--env-id", env_id, cwd=tmp_path)
+    videos = [f for f in os.listdir(os.path.join(run_dir, "videos")) if f.endswith(".mp4")]
+    assert videos and all(os.path.getsize(os.path.join(run_dir, "videos", f)) > 1000 for f in videos)

@@ -1,12 +1,13 @@
-"""Training throughput of an algorithm script on a MuJoCo DLCMDP, beside the simulator's raw rate in the same run.
+"""Training throughput of an algorithm script on a simulated DLCMDP, beside the simulator's raw rate in the same run.
 
-    python benchmarks/mujoco_throughput.py                          # DynaMITE-RL on HalfCheetah-Vel
-    python benchmarks/mujoco_throughput.py --script varibad.py --env-id dynamite/Reacher-v0
+    python benchmarks/throughput.py                                   # DynaMITE-RL on HalfCheetah-Vel (MuJoCo)
+    python benchmarks/throughput.py --env-id dynamite/ScratchItch-v0  # ... on ScratchItch (pybullet)
+    python benchmarks/throughput.py --script varibad.py --env-id dynamite/Reacher-v0
 
 First the raw rate: uniformly random actions in one environment and in the lock-step vector of --num-envs
 environments the scripts use; then the script trains for --iterations iterations of the VAE phase at its
 defaults, and its env steps/s and time split come from its own evaluation file. One core each, one at a time.
-Writes a table to docs/mujoco_throughput.md (or --output).
+Writes a table to docs/throughput_<environment>.md (or --output).
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ class Args:
     """how long to time each raw configuration"""
     extra: str = ""
     """extra flags for the script"""
-    output: str = "docs/mujoco_throughput.md"
-    """markdown file to write the table to"""
+    output: str | None = None
+    """markdown file to write the table to (default: docs/throughput_<environment>.md)"""
 
 
 def raw_rate(env, num_envs: int, seconds: float) -> float:
@@ -87,7 +88,7 @@ def main(args: Args) -> None:
         (f"training: {args.script}, {args.iterations} iterations ({steps:,} steps, evaluation excluded)",
          f"{steps / train_time:,.0f}", split),
     ]
-    command_line = "python benchmarks/mujoco_throughput.py " + shlex.join(sys.argv[1:])
+    command_line = "python benchmarks/throughput.py " + shlex.join(sys.argv[1:])
     lines = [
         f"# Throughput on {args.env_id}",
         "",
@@ -100,8 +101,9 @@ def main(args: Args) -> None:
         "",
         f"Training runs at {steps / train_time / single:.0%} of the single environment's raw rate.",
     ]
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
+    output = args.output or os.path.join(ROOT, "docs", f"throughput_{args.env_id.split('/')[-1].split('-v')[0]}.md")
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 
