@@ -141,7 +141,8 @@ class ScratchItchEnv(EpisodeSessions, gym.Env):
 
     def __init__(self, horizon: int = 200, schedule: str = "fixed", session_length: int = 50,
                  session_prob: float = 1 / 50, num_sessions: int = 4, random_phase: bool = False,
-                 arm_pose_noise: float = 0.1, render_mode: str | None = None, render_size: tuple[int, int] = (320, 240)):
+                 arm_pose_noise: float = 0.1, render_mode: str | None = None,
+                 render_size: tuple[int, int] = (320, 240)):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         if not 0.0 <= arm_pose_noise <= 0.5:
@@ -296,8 +297,8 @@ class ScratchItchEnv(EpisodeSessions, gym.Env):
         action = np.clip(np.asarray(action, dtype=np.float64).reshape(7), -1.0, 1.0)
         joints = np.array([s[0] for s in c.getJointStates(self._robot, ARM_JOINTS)])
         target = np.clip(joints + MAX_JOINT_STEP * action, self._lower, self._upper)
-        c.setJointMotorControlArray(self._robot, ARM_JOINTS, pybullet.POSITION_CONTROL, targetPositions=target.tolist(),
-                                    forces=self._max_forces)
+        c.setJointMotorControlArray(self._robot, ARM_JOINTS, pybullet.POSITION_CONTROL,
+                                    targetPositions=target.tolist(), forces=self._max_forces)
         for _ in range(FRAME_SKIP):
             c.stepSimulation()
         tip = self._tool_tip()[0]

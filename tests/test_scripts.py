@@ -306,3 +306,23 @@ def test_the_reward_decoder_reads_the_state_the_transition_lands_in(vae_algo):
     full = vae_algo.Decoder(6, 5, discrete_args(vae_algo, latent_dim=3, decoder_prev_state=True, decoder_action=True, state_decoder=True))
     reward, state = full(latent, obs, action, next_obs)
     assert state.shape == (4, 6) and not torch.allclose(full(latent, obs, action.flip(0), next_obs)[0], reward)
+
+
+@pytest.mark.parametrize("env_id, expected", [
+    ("dynamite/Gridworld-v0", {"ent_coef": 0.01, "vae_updates": 8, "cpc_updates": 8, "vae_train_steps": 4_000_000,
+                               "cpc_train_steps": 4_000_000, "latent_dim": 5}),
+    ("dynamite/HalfCheetahVel-v0", {"ent_coef": 0.05, "vae_updates": 2, "cpc_updates": 2, "vae_train_steps": 0,
+                                    "cpc_train_steps": 0, "latent_dim": 16}),
+    ("dynamite/ScratchItch-v0", {"ent_coef": 0.1, "vae_updates": 2, "vae_train_steps": 0, "latent_dim": 16}),
+])
+def test_unset_settings_take_their_environment_family_value_and_given_ones_stay(algo, env_id, expected):
+    envs_ = algo.make_envs(env_id, 1, {})
+    args = algo.Args(env_id=env_id)
+    algo.fill_family_defaults(args, envs_)
+    for name, value in expected.items():
+        if hasattr(args, name):
+            assert getattr(args, name) == value, name
+    given = algo.Args(env_id=env_id, ent_coef=0.3)
+    algo.fill_family_defaults(given, envs_)
+    assert given.ent_coef == 0.3
+    envs_.close()
