@@ -128,10 +128,10 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
         else:
             row += f"{times.mean() / 60:.1f} min | {sps.mean():,.0f} |"
         lines.append(row)
-    lines.append("")
+    note = "returns are greedy, over each run's final evaluation episodes; ± is the std over seeds."
     if gridworld:
-        lines.append(f"Bayes-optimal {bayes:.3f}; best without memory across sessions {memoryless:.3f}; ")
-    lines[-1] += "returns are greedy, over each run's final evaluation episodes; ± is the std over seeds."
+        note = f"Bayes-optimal {bayes:.3f}; best without memory across sessions {memoryless:.3f}; {note}"
+    lines += ["", note]
     return lines
 
 
