@@ -530,7 +530,7 @@ FAMILY_DEFAULTS = {
     "continuous": {"eval_episodes": 25, "ent_coef": 0.05, "latent_dim": 16, "embed_dim": 32, "norm_reward": True,
                    "vae_updates": 2, "cpc_updates": 2, "vae_train_steps": 0, "cpc_train_steps": 0},
 }
-ENV_DEFAULTS = {"dynamite/ScratchItch-v0": {"ent_coef": 0.1}}  # where one environment's column differs again
+ENV_DEFAULTS = {"dynamite/ScratchItch-v0": {"ent_coef": 0.01}}  # where one environment differs again (README)
 
 
 def fill_family_defaults(args: Args, envs_) -> None:

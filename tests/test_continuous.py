@@ -35,7 +35,8 @@ def test_every_script_trains_on_every_continuous_environment(script, env_id, tmp
     assert result["finished"] and final["global_step"] == 3200 and result["bayes_optimal_return"] is None
     assert len(final["return_per_session"]) == CONTINUOUS[env_id] and len(final["consecutive_episode_returns"]) == 5
     args = result["args"]
-    assert args["ent_coef"] == (0.1 if env_id == "dynamite/ScratchItch-v0" else 0.05) and args["eval_episodes"] == 4 and args["norm_reward"] is True
+    assert args["ent_coef"] == (0.01 if env_id == "dynamite/ScratchItch-v0" else 0.05)
+    assert args["eval_episodes"] == 4 and args["norm_reward"] is True
     if script != "rl2.py":
         assert args["embed_dim"] == 32
     if "latent_dim" in args:
