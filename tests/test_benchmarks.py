@@ -82,3 +82,26 @@ def test_the_comparison_runs_on_a_mujoco_environment_without_gridworld_reference
     assert "Bayes" not in table and (tmp_path / "reacher_curves.png").stat().st_size > 10_000
     run = (tmp_path / "runs" / "varibad" / "seed1" / "eval.json").read_text()
     assert '"env_id": "dynamite/Reacher-v0"' in run
+
+
+def test_reward_terms_table_of_saved_agents(tmp_path):
+    from conftest import run_script
+
+    flags = ["--env-id", "dynamite/ScratchItch-v0", "--num-envs", "2", "--num-minibatches", "1", "--total-timesteps",
+             "100", "--eval-episodes", "1", "--save-model", "--env-kwargs", '{"horizon": 50, "session_length": 25}']
+    runs = [run_script(script, *flags, cwd=tmp_path) for script in ("dynamite_rl.py", "varibad.py")]
+    output = tmp_path / "terms.md"
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "reward_terms.py"),
+               *[os.path.join(run, "checkpoint.pt") for run in runs], "--episodes", "2", "--output", str(output)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = output.read_text()
+    assert "| term | dynamite_rl.py, " in table and "varibad.py, " in table
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    for key in ("reward_distance", "reward_scratch", "reward_velocity", "reward_force_away", "reward_high_force",
+                "reward (total)", "distance to the itch (cm)", "steps scratching (%)"):
+        assert key in rows, table
+    value = {key: float(line.split(" | ")[1]) for key, line in rows.items() if key != "term" and "---" not in line}
+    parts = sum(value[k] for k in ("reward_distance", "reward_scratch", "reward_velocity", "reward_force_away",
+                                   "reward_high_force"))
+    assert abs(parts - value["reward (total)"]) < 1e-3 * max(1.0, abs(parts))
