@@ -337,7 +337,7 @@ class ScratchItchEnv(EpisodeSessions, gym.Env):
             return None
         c = self._client
         width, height = self.render_size
-        view = c.computeViewMatrix(cameraEyePosition=[1.1, -1.1, 1.35], cameraTargetPosition=[0.15, -0.35, 0.8],
+        view = c.computeViewMatrix(cameraEyePosition=[1.0, 0.4, 1.5], cameraTargetPosition=[0.15, -0.35, 0.8],
                                    cameraUpVector=[0, 0, 1])
         projection = c.computeProjectionMatrixFOV(fov=50, aspect=width / height, nearVal=0.05, farVal=5.0)
         image = c.getCameraImage(width, height, view, projection, renderer=pybullet.ER_TINY_RENDERER)[2]
