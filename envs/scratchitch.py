@@ -268,13 +268,15 @@ class ScratchItchEnv(EpisodeSessions, gym.Env):
         return arm_point(*self._arm, float(self.latent[0]))
 
     def _new_task(self) -> None:
+        """The arm's pose: each segment keeps its length, its unit direction is perturbed by up to +-arm_pose_noise
+        per component."""
         noise = self.np_random.uniform(-self.arm_pose_noise, self.arm_pose_noise, size=(2, 3))
-        upper, fore = NOMINAL_ELBOW - SHOULDER, NOMINAL_WRIST - NOMINAL_ELBOW
-        elbow = SHOULDER + np.linalg.norm(upper) * (upper / np.linalg.norm(upper) + noise[0]) / np.linalg.norm(
-            upper / np.linalg.norm(upper) + noise[0])
-        fore_dir = fore / np.linalg.norm(fore) + noise[1]
-        wrist = elbow + np.linalg.norm(fore) * fore_dir / np.linalg.norm(fore_dir)
-        self._place_arm(SHOULDER, elbow, wrist)
+        joints = [SHOULDER]
+        for segment, perturbation in zip([NOMINAL_ELBOW - SHOULDER, NOMINAL_WRIST - NOMINAL_ELBOW], noise):
+            length = np.linalg.norm(segment)
+            direction = segment / length + perturbation
+            joints.append(joints[-1] + length * direction / np.linalg.norm(direction))
+        self._place_arm(*joints)
 
     def _next_latent(self) -> None:
         self._client.resetBasePositionAndOrientation(self._itch_marker, self.itch.tolist(), [0, 0, 0, 1])
@@ -289,8 +291,8 @@ class ScratchItchEnv(EpisodeSessions, gym.Env):
         self._set_robot(self._home + self.np_random.uniform(-0.05, 0.05, size=7))
         self._start_episode(options)
         self._next_latent()
-        self._tip = self._tool_tip()[0]
-        return self._get_obs(0.0), self._get_reset_info()
+        self._tip, orientation = self._tool_tip()
+        return self._get_obs(orientation, 0.0), self._get_reset_info()
 
     def step(self, action):
         c = self._client
@@ -301,17 +303,16 @@ class ScratchItchEnv(EpisodeSessions, gym.Env):
                                     targetPositions=target.tolist(), forces=self._max_forces)
         for _ in range(FRAME_SKIP):
             c.stepSimulation()
-        tip = self._tool_tip()[0]
+        tip, orientation = self._tool_tip()
         speed = float(np.linalg.norm(tip - self._tip)) / self.dt
         self._tip = tip
         points, forces, by_tool = self._contacts()
-        terms = reward_terms(tip, self.itch, speed, points, forces, by_tool)
+        itch = self.itch  # this step's; a session end below moves it
+        terms = reward_terms(tip, itch, speed, points, forces, by_tool)
         reward = float(sum(terms[k] for k in REWARD_KEYS))
-        tool_force = float(forces[by_tool].sum())
-        itch = self.itch
         _, truncated, info = self._end_step()
         info.update(terms, itch=itch)
-        return self._get_obs(tool_force), reward, False, truncated, info
+        return self._get_obs(orientation, float(forces[by_tool].sum())), reward, False, truncated, info
 
     def _tool_tip(self) -> tuple[np.ndarray, tuple]:
         position, orientation = self._client.getBasePositionAndOrientation(self._tool)
@@ -327,10 +328,10 @@ class ScratchItchEnv(EpisodeSessions, gym.Env):
                     points.append(contact[6]), forces.append(contact[9]), by_tool.append(is_tool)
         return np.array(points).reshape(-1, 3), np.array(forces), np.array(by_tool, dtype=bool)
 
-    def _get_obs(self, tool_force: float) -> np.ndarray:
-        tip, orientation = self._tool_tip()
+    def _get_obs(self, orientation, tool_force: float) -> np.ndarray:
+        """The observation, with the tool tip at ``self._tip`` and its orientation ``orientation``."""
         joints = [s[0] for s in self._client.getJointStates(self._robot, ARM_JOINTS)]
-        return np.concatenate([tip, orientation, joints, [tool_force], *self._arm])
+        return np.concatenate([self._tip, orientation, joints, [tool_force], *self._arm])
 
     def render(self):
         if self.render_mode != "rgb_array":

@@ -1,4 +1,4 @@
-"""Shared helpers: run an algorithm script in this process, as its command line would."""
+"""Shared helpers: run an algorithm script in this process, as its command line would; roll out an environment."""
 
 import glob
 import os
@@ -6,6 +6,7 @@ import runpy
 import signal
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,3 +62,17 @@ def run_script(script: str, *args: str, cwd) -> str:
         signal.signal(signal.SIGINT, saved_handler)
     resumed = [a for a in args if a.endswith(".pt")]
     return created.pop() if created else os.path.dirname(resumed[0])
+
+
+def rollout(env, seed: int, steps: int, action_seed: int = 0, options=None):
+    """Observations, rewards and infos of ``steps`` steps of fixed pseudo-random actions."""
+    rng = np.random.default_rng(action_seed)
+    obs, _ = env.reset(seed=seed, options=options)
+    observations, rewards, infos = [obs], [], []
+    for _ in range(steps):
+        obs, reward, terminated, truncated, info = env.step(rng.uniform(-1, 1, env.action_space.shape))
+        observations.append(obs), rewards.append(reward), infos.append(info)
+        assert not terminated
+        if truncated:
+            break
+    return np.array(observations), np.array(rewards), infos

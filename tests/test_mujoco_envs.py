@@ -6,23 +6,10 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the environments)
+from conftest import rollout
 
 IDS = ["dynamite/Reacher-v0", "dynamite/HalfCheetahDir-v0", "dynamite/HalfCheetahVel-v0",
        "dynamite/HalfCheetahWindVel-v0"]
-
-
-def rollout(env, seed: int, steps: int, action_seed: int = 0, options=None):
-    """Observations, rewards and infos of ``steps`` steps of fixed pseudo-random actions."""
-    rng = np.random.default_rng(action_seed)
-    obs, _ = env.reset(seed=seed, options=options)
-    observations, rewards, infos = [obs], [], []
-    for _ in range(steps):
-        obs, reward, terminated, truncated, info = env.step(rng.uniform(-1, 1, env.action_space.shape))
-        observations.append(obs), rewards.append(reward), infos.append(info)
-        assert not terminated
-        if truncated:
-            break
-    return np.array(observations), np.array(rewards), infos
 
 
 @pytest.mark.parametrize("env_id", IDS)

@@ -9,21 +9,9 @@ from gymnasium.utils.env_checker import check_env
 import envs  # noqa: F401  (registers the environments)
 from envs import scratchitch
 from envs.scratchitch import ITCH_RADIUS, REWARD_KEYS, arm_point, reward_terms
+from conftest import rollout
 
 ID = "dynamite/ScratchItch-v0"
-
-
-def rollout(env, seed: int, steps: int, action_seed: int = 0, options=None):
-    rng = np.random.default_rng(action_seed)
-    obs, _ = env.reset(seed=seed, options=options)
-    observations, rewards, infos = [obs], [], []
-    for _ in range(steps):
-        obs, reward, terminated, truncated, info = env.step(rng.uniform(-1, 1, 7))
-        observations.append(obs), rewards.append(reward), infos.append(info)
-        assert not terminated
-        if truncated:
-            break
-    return np.array(observations), np.array(rewards), infos
 
 
 def test_passes_gymnasium_env_checker():
