@@ -11,7 +11,7 @@ from conftest import ROOT
 
 def test_gridworld_comparison_writes_table_and_plots_and_does_not_redo_finished_runs(tmp_path):
     extra = "--extra=--num-envs 8 --num-minibatches 2 --eval-episodes 16"
-    command = [sys.executable, os.path.join(ROOT, "benchmarks", "gridworld.py"), "--seeds", "1",
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "compare.py"), "--seeds", "1",
                "--total-timesteps", "960", "--eval-every", "1", "--runs-dir", str(tmp_path / "runs"),
                "--output", str(tmp_path / "docs" / "bench"), extra]
     first = subprocess.run(command, capture_output=True, text=True, timeout=900)
@@ -71,7 +71,7 @@ def test_throughput_writes_its_table(tmp_path):
 
 
 def test_the_comparison_runs_on_a_mujoco_environment_without_gridworld_references(tmp_path):
-    command = [sys.executable, os.path.join(ROOT, "benchmarks", "gridworld.py"), "--env-id", "dynamite/Reacher-v0",
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "compare.py"), "--env-id", "dynamite/Reacher-v0",
                "--methods", "dynamite", "varibad", "--seeds", "1", "--total-timesteps", "3200", "--eval-every", "1",
                "--runs-dir", str(tmp_path / "runs"), "--output", str(tmp_path / "reacher"),
                "--extra=--num-envs 4 --num-minibatches 2 --eval-episodes 2 --vae-batch-episodes 4"]

@@ -1,8 +1,8 @@
 """Train methods x seeds on the Gridworld (or another DLCMDP) in parallel processes; write a table and plots.
 
-    python benchmarks/gridworld.py          # all methods: DynaMITE-RL, its ablations and the baselines, 5 seeds
-    python benchmarks/gridworld.py --methods dynamite no-consistency --seeds 1 2 --workers 2
-    python benchmarks/gridworld.py --env-id dynamite/HalfCheetahVel-v0 --methods dynamite varibad --seeds 1 2 3 \
+    python benchmarks/compare.py          # all methods: DynaMITE-RL, its ablations and the baselines, 5 seeds
+    python benchmarks/compare.py --methods dynamite no-consistency --seeds 1 2 --workers 2
+    python benchmarks/compare.py --env-id dynamite/HalfCheetahVel-v0 --methods dynamite varibad --seeds 1 2 3 \
         --runs-dir runs/benchmark_halfcheetah_vel --output docs/halfcheetah_vel_comparison
 
 Every run has its own folder under --runs-dir; a finished run is not redone and an interrupted one is resumed
@@ -216,7 +216,7 @@ def main(args: Args) -> None:
     results = load(args)
     table = summarize(args, results)
     figures = plot(args, results)
-    command = "python benchmarks/gridworld.py " + shlex.join(sys.argv[1:])
+    command = "python benchmarks/compare.py " + shlex.join(sys.argv[1:])
     lines = [f"# {args.env_id.split('/')[-1].rsplit('-v', 1)[0]} benchmark", "", f"Command: `{command.strip()}` ({len(jobs)} runs, {args.workers} in parallel, "
              f"{(time.time() - start) / 60:.0f} min wall time for this invocation).", "", *table, ""]
     lines += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in figures]
