@@ -61,6 +61,8 @@ class Args:
     """prefix of the written table (.md) and plots (.png)"""
     extra: str = ""
     """extra flags passed to every run, e.g. --extra='--num-envs 32 --vae-updates 4'"""
+    report_only: bool = False
+    """train nothing: write the table and plots from the runs already in --runs-dir"""
 
 
 def run_one(args: Args, method: str, seed: int) -> str:
@@ -106,10 +108,13 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
 
         reference = reference_returns()
         bayes, memoryless = reference["bayes"]["total"], reference["memoryless"]["total"]
-        lines = ["| method | seeds | final return | of Bayes-optimal | train time per seed | env steps/s | time to 45.0 |",
-                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines = ["| method | seeds | final return | of Bayes-optimal | per session | train time per seed | env steps/s "
+                 "| time to 45.0 |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     else:
-        lines = ["| method | seeds | final return | train time per seed | env steps/s |", "| --- | ---: | ---: | ---: | ---: |"]
+        lines = ["| method | seeds | final return | per session | train time per seed | env steps/s |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    per_seed = ["| method | " + " | ".join(f"seed {s}" for s in args.seeds) + " |",
+                "| --- |" + " ---: |" * len(args.seeds)]
     for method, runs in results.items():
         finals = [r["evaluations"][-1] for r in runs if r.get("finished")]
         if not finals:
@@ -117,21 +122,29 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
         returns = np.array([f["return"] for f in finals])
         times = np.array([f["train_time"] for f in finals])
         sps = np.array([f["global_step"] / f["train_time"] for f in finals])
+        sessions = " / ".join(f"{v:.2f}" for v in np.mean([f["return_per_session"] for f in finals], axis=0))
         row = f"| {METHODS[method][0]} | {len(finals)} | {returns.mean():.2f} ± {returns.std():.2f} | "
+        by_seed = {r["args"]["seed"]: r["evaluations"][-1]["return"] for r in runs if r.get("finished")}
+        per_seed.append(f"| {METHODS[method][0]} | " + " | ".join(f"{by_seed[s]:.2f}" if s in by_seed else "–"
+                                                                  for s in args.seeds) + " |")
         if gridworld:
             reached = [next((e["train_time"] for e in r["evaluations"] if e["return"] >= TARGET), None)
                        for r in runs if r.get("finished")]
             hit = [t for t in reached if t is not None]
             to_target = (f"{np.mean(hit) / 60:.1f} min ({len(hit)}/{len(reached)} seeds)" if hit
                          else f"not reached (0/{len(reached)})")
-            row += f"{returns.mean() / bayes:.1%} | {times.mean() / 60:.1f} min | {sps.mean():,.0f} | {to_target} |"
+            row += f"{returns.mean() / bayes:.1%} | {sessions} | {times.mean() / 60:.1f} min | {sps.mean():,.0f} | "
+            row += f"{to_target} |"
         else:
-            row += f"{times.mean() / 60:.1f} min | {sps.mean():,.0f} |"
+            row += f"{sessions} | {times.mean() / 60:.1f} min | {sps.mean():,.0f} |"
         lines.append(row)
-    note = "returns are greedy, over each run's final evaluation episodes; ± is the std over seeds."
+    note = ("returns are greedy, over each run's final evaluation episodes; ± is the std over seeds; per session: the "
+            "mean over seeds of each session's return; train time and env steps/s with two runs sharing the 2 cores.")
     if gridworld:
-        note = f"Bayes-optimal {bayes:.3f}; best without memory across sessions {memoryless:.3f}; {note}"
-    lines += ["", note]
+        bayes_sessions = " / ".join(f"{v:.2f}" for v in reference["bayes"]["per_session"])
+        note = (f"Bayes-optimal {bayes:.3f} (per session {bayes_sessions}); best without memory across sessions "
+                f"{memoryless:.3f} ({reference['memoryless']['per_session'][0]:.2f} in every session); {note}")
+    lines += ["", note, "", "Final return of each seed:", "", *per_seed]
     return lines
 
 
@@ -147,49 +160,57 @@ def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
         from envs.gridworld_reference import reference_returns
 
         reference = reference_returns()
-    figures = []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, runs in results.items():
-        runs = [r for r in runs if r["evaluations"]]
-        if not runs:
-            continue
-        length = min(len(r["evaluations"]) for r in runs)
-        steps = np.array([e["global_step"] for e in runs[0]["evaluations"][:length]])
-        curves = np.array([[e["return"] for e in r["evaluations"][:length]] for r in runs])
-        mean, std = curves.mean(0), curves.std(0)
-        ax.plot(steps, mean, label=METHODS[method][0])
-        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+    figures, colors = [], {method: f"C{i if i < 7 else 9}" for i, method in enumerate(METHODS)}  # C7 is gray
+    # the baselines and the ablations in separate panels (the paper's Figures 5 and 7), DynaMITE-RL in both
+    ablations = [m for m in results if METHODS[m][1] == "dynamite_rl.py"]
+    others = [m for m in results if m not in ablations or m == "dynamite"]
+    panels = [(others, "methods"), (ablations, "ablations")] if len(ablations) > 1 and len(others) > 1 else [
+        (list(results), "")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
     phase_starts = {run["args"].get("vae_train_steps") or run["args"].get("cpc_train_steps")
                     for runs in results.values() for run in runs} - {None, 0}
-    for i, step in enumerate(sorted(phase_starts)):
-        ax.axvline(step, color="gray", ls="-.", lw=0.8, label="policy phase starts" if i == 0 else None)
-    if reference is not None:
-        ax.axhline(reference["bayes"]["total"], color="k", ls="--", lw=1,
-                   label=f"Bayes-optimal {reference['bayes']['total']:.2f}")
-        ax.axhline(reference["memoryless"]["total"], color="gray", ls=":", lw=1,
-                   label=f"no memory across sessions {reference['memoryless']['total']:.2f}")
-        ax.set_ylim(bottom=max(ax.get_ylim()[0], -5))
-    ax.set(xlabel="environment steps", ylabel="return (greedy)", title=f"{name}: learning curves (mean ± std over seeds)")
-    ax.legend(fontsize=8)
+    for ax, (methods, title) in zip(axes[0], panels):
+        for method in methods:
+            runs = [r for r in results[method] if r.get("finished")]
+            if not runs:
+                continue
+            length = min(len(r["evaluations"]) for r in runs)
+            steps = np.array([e["global_step"] for e in runs[0]["evaluations"][:length]])
+            curves = np.array([[e["return"] for e in r["evaluations"][:length]] for r in runs])
+            mean, std = curves.mean(0), curves.std(0)
+            ax.plot(steps, mean, color=colors[method], label=METHODS[method][0])
+            ax.fill_between(steps, mean - std, mean + std, color=colors[method], alpha=0.2)
+        for i, step in enumerate(sorted(phase_starts)):
+            ax.axvline(step, color="gray", ls="-.", lw=0.8, label="policy phase starts" if i == 0 else None)
+        if reference is not None:
+            ax.axhline(reference["bayes"]["total"], color="k", ls="--", lw=1,
+                       label=f"Bayes-optimal {reference['bayes']['total']:.2f}")
+            ax.axhline(reference["memoryless"]["total"], color="gray", ls=":", lw=1,
+                       label=f"no memory across sessions {reference['memoryless']['total']:.2f}")
+            ax.set_ylim(bottom=max(ax.get_ylim()[0], -5))
+        ax.set(xlabel="environment steps", ylabel="return (greedy)",
+               title=f"{name}: {title + ', ' if title else ''}learning curves (mean ± std over seeds)")
+        ax.legend(fontsize=8)
     figures.append(save(fig, f"{args.output}_curves.png"))
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    width, x = 0.8 / max(1, len(results)), np.arange(1)
+    offset, x = 0.3 / max(1, len(results)), np.arange(1)
     for i, (method, runs) in enumerate(results.items()):
         finals = [r["evaluations"][-1] for r in runs if r.get("finished")]
         if not finals:
             continue
         per_session = np.array([f["return_per_session"] for f in finals])
         x = np.arange(per_session.shape[1])
-        left.bar(x + i * width, per_session.mean(0), width, yerr=per_session.std(0), label=METHODS[method][0])
+        left.errorbar(x + (i - (len(results) - 1) / 2) * offset, per_session.mean(0), yerr=per_session.std(0),
+                      marker="o", capsize=3, color=colors[method], label=METHODS[method][0])
         consecutive = np.array([f["consecutive_episode_returns"] for f in finals])
         right.errorbar(np.arange(1, consecutive.shape[1] + 1), consecutive.mean(0), yerr=consecutive.std(0),
-                       marker="o", capsize=3, label=METHODS[method][0])
+                       marker="o", capsize=3, color=colors[method], label=METHODS[method][0])
     if reference is not None:
-        left.plot(x + 0.4 - width / 2, reference["bayes"]["per_session"], "k_", ms=20, mew=2, label="Bayes-optimal")
+        left.plot(x, reference["bayes"]["per_session"], "k--", lw=1, label="Bayes-optimal")
+        left.plot(x, reference["memoryless"]["per_session"], ":", color="gray", lw=1, label="no memory across sessions")
         right.axhline(reference["bayes"]["total"], color="k", ls="--", lw=1, label="Bayes-optimal (first episode)")
-    left.set(xlabel="session", ylabel="return", title="Return per session", xticks=x + 0.4 - width / 2,
-             xticklabels=[str(s) for s in x])
+    left.set(xlabel="session", ylabel="return", title="Return per session (mean ± std over seeds)", xticks=x)
     right.set(xlabel="consecutive episode in the same task", ylabel="return", title="Test-time adaptation",
               xticks=range(1, 6))
     left.legend(fontsize=7), right.legend(fontsize=7)
@@ -208,7 +229,7 @@ def main(args: Args) -> None:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"error: unknown methods {unknown}; known: {', '.join(METHODS)}")
-    jobs = [(m, s) for s in args.seeds for m in args.methods]
+    jobs = [] if args.report_only else [(m, s) for s in args.seeds for m in args.methods]
     start = time.time()
     with ThreadPoolExecutor(args.workers) as pool:
         for message in pool.map(lambda job: run_one(args, *job), jobs):
@@ -217,8 +238,10 @@ def main(args: Args) -> None:
     table = summarize(args, results)
     figures = plot(args, results)
     command = "python benchmarks/compare.py " + shlex.join(sys.argv[1:])
-    lines = [f"# {args.env_id.split('/')[-1].rsplit('-v', 1)[0]} benchmark", "", f"Command: `{command.strip()}` ({len(jobs)} runs, {args.workers} in parallel, "
-             f"{(time.time() - start) / 60:.0f} min wall time for this invocation).", "", *table, ""]
+    ran = (f"{len(jobs)} runs, {args.workers} in parallel, {(time.time() - start) / 60:.0f} min wall time for this "
+           "invocation" if jobs else "table and plots of the runs in " + args.runs_dir)
+    name = args.env_id.split("/")[-1].rsplit("-v", 1)[0]
+    lines = [f"# {name} benchmark", "", f"Command: `{command.strip()}` ({ran}).", "", *table, ""]
     lines += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in figures]
     with open(f"{args.output}.md", "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -23,8 +23,15 @@ def test_gridworld_comparison_writes_table_and_plots_and_does_not_redo_finished_
         assert f"| {label} | 1 |" in table, table
     assert (tmp_path / "docs" / "bench_curves.png").stat().st_size > 10_000
     assert (tmp_path / "docs" / "bench_sessions.png").stat().st_size > 10_000
+    summary = next(line.split(" | ") for line in table.splitlines() if line.startswith("| DynaMITE-RL | 1 |"))
+    assert len(summary[4].split(" / ")) == 4  # the return of each of the 4 sessions
+    assert "| method | seed 1 |" in table  # the final return of each seed
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done already") == 8, again.stdout
+    (tmp_path / "docs" / "bench.md").unlink()
+    report = subprocess.run([*command, "--report-only"], capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0 and "done already" not in report.stdout, report.stdout + report.stderr
+    assert (tmp_path / "docs" / "bench.md").read_text().split("\n")[3:] == table.split("\n")[3:]
 
 
 def test_the_belief_probe_posterior_is_the_exact_bayesian_posterior():
