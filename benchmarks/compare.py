@@ -231,15 +231,18 @@ def main(args: Args) -> None:
         raise SystemExit(f"error: unknown methods {unknown}; known: {', '.join(METHODS)}")
     jobs = [] if args.report_only else [(m, s) for s in args.seeds for m in args.methods]
     start = time.time()
+    done_before = 0
     with ThreadPoolExecutor(args.workers) as pool:
         for message in pool.map(lambda job: run_one(args, *job), jobs):
             print(message, flush=True)
+            done_before += message.endswith("done already")
     results = load(args)
     table = summarize(args, results)
     figures = plot(args, results)
     command = "python benchmarks/compare.py " + shlex.join(sys.argv[1:])
-    ran = (f"{len(jobs)} runs, {args.workers} in parallel, {(time.time() - start) / 60:.0f} min wall time for this "
-           "invocation" if jobs else "table and plots of the runs in " + args.runs_dir)
+    ran = (f"{len(jobs)} runs, {f'{done_before} of them finished by an earlier invocation, ' if done_before else ''}"
+           f"{args.workers} in parallel, {(time.time() - start) / 60:.0f} min wall time for this invocation"
+           if jobs else "table and plots of the runs in " + args.runs_dir)
     name = args.env_id.split("/")[-1].rsplit("-v", 1)[0]
     lines = [f"# {name} benchmark", "", f"Command: `{command.strip()}` ({ran}).", "", *table, ""]
     lines += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in figures]
