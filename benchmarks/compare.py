@@ -116,7 +116,8 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
     per_seed = ["| method | " + " | ".join(f"seed {s}" for s in args.seeds) + " |",
                 "| --- |" + " ---: |" * len(args.seeds)]
     for method, runs in results.items():
-        finals = [r["evaluations"][-1] for r in runs if r.get("finished")]
+        runs = [r for r in runs if r.get("finished")]
+        finals = [r["evaluations"][-1] for r in runs]
         if not finals:
             continue
         returns = np.array([f["return"] for f in finals])
@@ -124,12 +125,11 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
         sps = np.array([f["global_step"] / f["train_time"] for f in finals])
         sessions = " / ".join(f"{v:.2f}" for v in np.mean([f["return_per_session"] for f in finals], axis=0))
         row = f"| {METHODS[method][0]} | {len(finals)} | {returns.mean():.2f} ± {returns.std():.2f} | "
-        by_seed = {r["args"]["seed"]: r["evaluations"][-1]["return"] for r in runs if r.get("finished")}
+        by_seed = {r["args"]["seed"]: f["return"] for r, f in zip(runs, finals)}
         per_seed.append(f"| {METHODS[method][0]} | " + " | ".join(f"{by_seed[s]:.2f}" if s in by_seed else "–"
                                                                   for s in args.seeds) + " |")
         if gridworld:
-            reached = [next((e["train_time"] for e in r["evaluations"] if e["return"] >= TARGET), None)
-                       for r in runs if r.get("finished")]
+            reached = [next((e["train_time"] for e in r["evaluations"] if e["return"] >= TARGET), None) for r in runs]
             hit = [t for t in reached if t is not None]
             to_target = (f"{np.mean(hit) / 60:.1f} min ({len(hit)}/{len(reached)} seeds)" if hit
                          else f"not reached (0/{len(reached)})")
@@ -139,7 +139,8 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
             row += f"{sessions} | {times.mean() / 60:.1f} min | {sps.mean():,.0f} |"
         lines.append(row)
     note = ("returns are greedy, over each run's final evaluation episodes; ± is the std over seeds; per session: the "
-            "mean over seeds of each session's return; train time and env steps/s with two runs sharing the 2 cores.")
+            f"mean over seeds of each session's return; train time and env steps/s with {args.workers} runs sharing "
+            "the machine.")
     if gridworld:
         bayes_sessions = " / ".join(f"{v:.2f}" for v in reference["bayes"]["per_session"])
         note = (f"Bayes-optimal {bayes:.3f} (per session {bayes_sessions}); best without memory across sessions "
