@@ -214,7 +214,10 @@ def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
     left.set(xlabel="session", ylabel="return", title="Return per session (mean ± std over seeds)", xticks=x)
     right.set(xlabel="consecutive episode in the same task", ylabel="return", title="Test-time adaptation",
               xticks=range(1, 6))
-    left.legend(fontsize=7), right.legend(fontsize=7)
+    legend = {}  # one legend for both panels, beside them, so that it hides no point
+    for ax in (left, right):
+        legend.update({label: handle for handle, label in zip(*ax.get_legend_handles_labels())})
+    fig.legend(legend.values(), legend.keys(), fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
     figures.append(save(fig, f"{args.output}_sessions.png"))
     return figures
 
@@ -222,7 +225,7 @@ def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
 def save(fig, path: str) -> str:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
 
 
@@ -238,6 +241,9 @@ def main(args: Args) -> None:
             print(message, flush=True)
             done_before += message.endswith("done already")
     results = load(args)
+    if not any(run.get("finished") for runs in results.values() for run in runs):
+        raise SystemExit(f"error: no finished run of {', '.join(args.methods)} with seeds {args.seeds} in "
+                         f"{args.runs_dir}; run the command without --report-only to train them")
     table = summarize(args, results)
     figures = plot(args, results)
     command = "python benchmarks/compare.py " + shlex.join(sys.argv[1:])

@@ -32,6 +32,9 @@ def test_gridworld_comparison_writes_table_and_plots_and_does_not_redo_finished_
     report = subprocess.run([*command, "--report-only"], capture_output=True, text=True, timeout=600)
     assert report.returncode == 0 and "done already" not in report.stdout, report.stdout + report.stderr
     assert (tmp_path / "docs" / "bench.md").read_text().split("\n")[3:] == table.split("\n")[3:]
+    empty = subprocess.run([*command, "--report-only", "--runs-dir", str(tmp_path / "nothing")], capture_output=True,
+                           text=True, timeout=600)
+    assert empty.returncode != 0 and "no finished run" in empty.stderr, empty.stderr
 
 
 def test_the_belief_probe_posterior_is_the_exact_bayesian_posterior():
