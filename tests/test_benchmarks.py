@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import ROOT
 
@@ -68,16 +69,20 @@ def test_the_belief_probe_writes_results_and_a_checkpoint_dynamite_rl_resumes(tm
     assert '"vae_updates": 0' in (tmp_path / "run" / "eval.json").read_text()
 
 
-def test_throughput_writes_its_table(tmp_path):
+@pytest.mark.parametrize("env_id", ["dynamite/HalfCheetahVel-v0", "dynamite/Gridworld-v0"])  # Box and Discrete
+def test_throughput_writes_its_table(tmp_path, env_id):
     output = tmp_path / "throughput.md"
-    command = [sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--num-envs", "4",
-               "--iterations", "1", "--seconds", "0.2", "--output", str(output),
-               "--extra=--eval-episodes 2 --vae-updates 1 --vae-batch-episodes 4 --num-minibatches 2"]
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--env-id", env_id,
+               "--scripts", "dynamite_rl.py", "varibad.py", "--num-envs", "4", "--iterations", "1", "--seconds", "0.2",
+               "--output", str(output), "--extra=--eval-episodes 2 --vae-updates 1 --vae-batch-episodes 4 "
+               "--num-minibatches 2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     table = output.read_text()
-    assert "| raw: one environment |" in table and "| training: dynamite_rl.py, 1 iterations" in table
-    assert "% of the single environment's raw rate" in table
+    assert "| raw: one environment |" in table
+    for script in ("dynamite_rl.py", "varibad.py"):
+        assert f"| training: {script}, 1 iterations" in table
+        assert f"{script} trains at " in table and "% of the single environment's raw rate" in table
 
 
 def test_the_comparison_runs_on_a_mujoco_environment_without_gridworld_references(tmp_path):
