@@ -90,6 +90,7 @@ def run_one(args: Args, method: str, seed: int) -> str:
 
 
 def load(args: Args) -> dict[str, list[dict]]:
+    """The evaluation files of the finished runs of each method (runs still in progress are left out)."""
     results = {}
     for method in args.methods:
         runs = []
@@ -97,8 +98,12 @@ def load(args: Args) -> dict[str, list[dict]]:
             path = os.path.join(args.runs_dir, method, f"seed{seed}", "eval.json")
             if os.path.exists(path):
                 runs.append(json.load(open(path)))
-        results[method] = runs
+        results[method] = [run for run in runs if run.get("finished")]
     return results
+
+
+def env_name(env_id: str) -> str:
+    return env_id.split("/")[-1].rsplit("-v", 1)[0]
 
 
 def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
@@ -116,7 +121,6 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
     per_seed = ["| method | " + " | ".join(f"seed {s}" for s in args.seeds) + " |",
                 "| --- |" + " ---: |" * len(args.seeds)]
     for method, runs in results.items():
-        runs = [r for r in runs if r.get("finished")]
         finals = [r["evaluations"][-1] for r in runs]
         if not finals:
             continue
@@ -155,7 +159,7 @@ def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    name = args.env_id.split("/")[-1].rsplit("-v", 1)[0]
+    name = env_name(args.env_id)
     reference = None
     if args.env_id == GRIDWORLD:
         from envs.gridworld_reference import reference_returns
@@ -172,7 +176,7 @@ def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
                     for runs in results.values() for run in runs} - {None, 0}
     for ax, (methods, title) in zip(axes[0], panels):
         for method in methods:
-            runs = [r for r in results[method] if r.get("finished")]
+            runs = results[method]
             if not runs:
                 continue
             length = min(len(r["evaluations"]) for r in runs)
@@ -197,7 +201,7 @@ def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     offset, x = 0.3 / max(1, len(results)), np.arange(1)
     for i, (method, runs) in enumerate(results.items()):
-        finals = [r["evaluations"][-1] for r in runs if r.get("finished")]
+        finals = [r["evaluations"][-1] for r in runs]
         if not finals:
             continue
         per_session = np.array([f["return_per_session"] for f in finals])
@@ -241,7 +245,7 @@ def main(args: Args) -> None:
             print(message, flush=True)
             done_before += message.endswith("done already")
     results = load(args)
-    if not any(run.get("finished") for runs in results.values() for run in runs):
+    if not any(results.values()):
         raise SystemExit(f"error: no finished run of {', '.join(args.methods)} with seeds {args.seeds} in "
                          f"{args.runs_dir}; run the command without --report-only to train them")
     table = summarize(args, results)
@@ -250,8 +254,7 @@ def main(args: Args) -> None:
     ran = (f"{len(jobs)} runs, {f'{done_before} of them finished by an earlier invocation, ' if done_before else ''}"
            f"{args.workers} in parallel, {(time.time() - start) / 60:.0f} min wall time for this invocation"
            if jobs else "table and plots of the runs in " + args.runs_dir)
-    name = args.env_id.split("/")[-1].rsplit("-v", 1)[0]
-    lines = [f"# {name} benchmark", "", f"Command: `{command.strip()}` ({ran}).", "", *table, ""]
+    lines = [f"# {env_name(args.env_id)} benchmark", "", f"Command: `{command.strip()}` ({ran}).", "", *table, ""]
     lines += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in figures]
     with open(f"{args.output}.md", "w") as f:
         f.write("\n".join(lines) + "\n")
