@@ -4,10 +4,14 @@
 # (the first to the prior, the belief at the GRU's initial state). PPO acts on (s, belief), the belief detached.
 # The library's baseline for DynaMITE-RL: `diff varibad.py dynamite_rl.py` shows what DynaMITE-RL changes.
 # Run `python varibad.py --help` for every flag.
+import dataclasses
 import json
+import math
 import os
+import pickle
 import random
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -589,7 +593,11 @@ def bayes_optimal_return(env_id: str, env_kwargs: dict) -> float | None:
         return None
     from envs.gridworld_reference import cached_solution
 
-    return cached_solution(env_kwargs, "bayes").total
+    try:
+        return cached_solution(env_kwargs, "bayes").total
+    except ValueError as error:  # a reference that would not fit in memory is skipped, not waited for
+        print(f"no Bayes-optimal reference: {error}")
+        return None
 
 
 # the paper's Table 2 values where continuous control differs from the Gridworld; and the encoder's schedule: the
@@ -629,8 +637,24 @@ def env_rngs(envs_) -> list:
     return [env.unwrapped.np_random for env in envs_.envs]
 
 
+# the range of every numeric setting of the four algorithms (a script skips those it lacks): integers not named
+# here are counts >= 1, floats not named here are weights >= 0
+RANGES = {
+    "seed": (lambda v: True, "an integer"),
+    "gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "gae_lambda": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    **{name: (lambda v: v > 0, "> 0") for name in
+       ("learning_rate", "vae_learning_rate", "cpc_learning_rate", "clip_coef", "max_grad_norm")},
+    **{name: (lambda v: v >= 0, "an integer >= 0") for name in
+       ("eval_every", "vae_updates", "cpc_updates", "vae_train_steps", "cpc_train_steps", "vae_random_episodes",
+        "vae_warmup_iterations")},
+    **{name: (lambda v: True, "") for name in  # computed at run time
+       ("horizon", "batch_size", "policy_batch_size", "vae_iterations", "cpc_iterations", "num_iterations")},
+}
+
+
 def check_args(args: Args) -> dict:
-    """Fail before training, with one clear line, on settings that cannot work."""
+    """Fail before anything is written, with one line naming the flag, its value and what is allowed."""
     known = sorted(env_id for env_id in gym.registry if env_id.startswith("dynamite/"))
     if args.env_id not in gym.registry:
         raise SystemExit(f"error: unknown --env-id {args.env_id!r}; known environments: {', '.join(known)}")
@@ -640,45 +664,144 @@ def check_args(args: Args) -> dict:
         raise SystemExit(f"error: --env-kwargs is not valid JSON ({error}): {args.env_kwargs!r}") from None
     if not isinstance(env_kwargs, dict):
         raise SystemExit(f"error: --env-kwargs must be a JSON object, got {args.env_kwargs!r}")
-    if args.vae_random_episodes % args.num_envs != 0:
-        raise SystemExit(f"error: --vae-random-episodes {args.vae_random_episodes} must be a multiple of --num-envs {args.num_envs}")
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        ok, allowed = RANGES.get(field.name, (lambda v: v >= 1, "an integer >= 1") if isinstance(value, int)
+                                 else (lambda v: v >= 0, ">= 0"))
+        if not (math.isfinite(value) and ok(value)):
+            raise SystemExit(f"error: --{field.name.replace('_', '-')} {value} is out of range: it must be {allowed}")
     for name in ("num_envs", "policy_num_envs"):
-        if getattr(args, name) % args.num_minibatches != 0:
+        if hasattr(args, name) and getattr(args, name) % args.num_minibatches != 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} {getattr(args, name)} must be divisible by "
                              f"--num-minibatches {args.num_minibatches} (minibatches are split by environment)")
-    for name in ("num_envs", "policy_num_envs", "total_timesteps", "num_minibatches", "update_epochs", "latent_dim", "eval_episodes"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if getattr(args, "vae_random_episodes", 0) % args.num_envs != 0:
+        raise SystemExit(f"error: --vae-random-episodes {args.vae_random_episodes} must be a multiple of --num-envs {args.num_envs}")
     return env_kwargs
 
 
-def save_checkpoint(path: str, modules: dict, optimizers: dict, args: Args, global_step: int, iteration: int, envs_,
-                    buffer: EpisodeBuffer) -> None:
-    """Everything needed to continue the run exactly, written atomically (a crash never leaves half a file)."""
+def check_finite(iteration: int, **values) -> None:
+    """Stop the run where a loss, a gradient norm or a reward is NaN or infinite, before anything is saved: the
+    checkpoint on disk stays the last good one."""
+    for name, value in values.items():
+        if not bool(torch.isfinite(torch.as_tensor(value)).all()):
+            raise SystemExit(f"error: the {name.replace('_', ' ')} is not finite at iteration {iteration}: the run stops "
+                             "here (its last checkpoint, if any, is from before)")
+
+
+# checkpoints: tensors and plain data only, loaded with weights_only=True (never code); the settings --resume may
+# change, every other one is the checkpoint's, so that a resumed run continues the run it names
+SCRIPT = os.path.basename(__file__)
+CHECKPOINT_FORMAT = 1
+RESUMABLE = ("total_timesteps", "eval_every", "log_every", "num_threads", "cuda", "track", "wandb_project_name",
+             "wandb_entity", "wandb_group", "capture_video")
+
+
+def rng_state(envs_) -> dict:
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "envs": [rng.bit_generator.state for rng in env_rngs(envs_)]}
+
+
+def set_rng_state(state: dict, envs_) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    for rng, env_state in zip(env_rngs(envs_), state["envs"]):
+        rng.bit_generator.state = env_state
+
+
+def save_checkpoint(path: str, modules: dict, optimizers: dict, args: Args, envs_, progress: dict) -> None:
+    """Everything needed to continue the run exactly, written atomically (a kill leaves the previous checkpoint or
+    this one, never half a file). ``progress``: global step, iteration, evaluations, the encoder's buffer."""
     checkpoint = {
-        "modules": {name: module.state_dict() for name, module in modules.items()},
-        "buffer": buffer.state_dict(),
-        "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+        "header": {"script": SCRIPT, "format": CHECKPOINT_FORMAT, "env_id": args.env_id},
         "args": asdict(args),
-        "global_step": global_step,
-        "iteration": iteration,
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "envs": [rng.bit_generator.state for rng in env_rngs(envs_)]},
+        "modules": {name: module.state_dict() for name, module in modules.items()},
+        "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+        "rng": rng_state(envs_),
+        **progress,
     }
     tmp = f"{path}.tmp"
     torch.save(checkpoint, tmp)
     os.replace(tmp, path)
 
 
+def load_checkpoint(path: str, device) -> dict:
+    """The checkpoint at ``path`` as data (a file that would run code is refused); one line on what is wrong."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: --resume {path!r}: no such checkpoint file")
+    if os.path.getsize(path) == 0:
+        raise SystemExit(f"error: --resume {path!r}: the file is empty")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):
+            raise SystemExit(f"error: --resume {path!r} is not a checkpoint ({error})") from None
+        raise SystemExit(f"error: --resume {path!r} holds objects other than tensors and plain data (a checkpoint of "
+                         "an older version, or a file that would run code when loaded): it is not loaded") from None
+    except Exception as error:  # a truncated file, or not one that torch.save wrote
+        raise SystemExit(f"error: --resume {path!r} is truncated or not a checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else 'no detail'})") from None
+    header = checkpoint.get("header") if isinstance(checkpoint, dict) else None
+    if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
+        raise SystemExit(f"error: --resume {path!r} is not a checkpoint of this library's format {CHECKPOINT_FORMAT}")
+    if header["script"] != SCRIPT:
+        raise SystemExit(f"error: --resume {path!r} is a checkpoint of {header['script']} on {header['env_id']}, not of "
+                         f"{SCRIPT}: resume it with `python {header['script']} --resume {path}`")
+    return checkpoint
+
+
+def given_flags(argv: list[str]) -> set[str]:
+    """The settings named on the command line (``--no-x`` names x)."""
+    names = {field.name for field in dataclasses.fields(Args)}
+    given = set()
+    for token in argv:
+        if token.startswith("--"):
+            name = token[2:].split("=")[0].replace("-", "_")
+            given.add(name[3:] if name.startswith("no_") and name[3:] in names else name)
+    return given
+
+
+def resume_args(args: Args, checkpoint: dict, given: set[str]) -> Args:
+    """The checkpoint's settings, with those of RESUMABLE that the command line gives applied and printed."""
+    saved = checkpoint["args"]
+    if "env_id" in given and args.env_id != saved["env_id"]:
+        raise SystemExit(f"error: --resume {args.resume!r} is a run on {saved['env_id']}, not on --env-id {args.env_id}")
+    refused = sorted(given - set(RESUMABLE) - {"resume"})
+    if refused:
+        raise SystemExit(f"error: --{refused[0].replace('_', '-')} cannot be given with --resume: the run continues with "
+                         f"the settings it started with; only {', '.join('--' + n.replace('_', '-') for n in RESUMABLE)} may change")
+    changed = {name: getattr(args, name) for name in sorted(given & set(RESUMABLE)) if getattr(args, name) != saved[name]}
+    for name, value in changed.items():
+        print(f"resume: --{name.replace('_', '-')} {value} (the run started with {saved[name]})")
+    return Args(**{**saved, **changed, "resume": args.resume})
+
+
+def restore(checkpoint: dict, modules: dict, optimizers: dict, path: str) -> None:
+    """Load every module and optimizer of the run from the checkpoint; one missing or of another shape is an error."""
+    for kind, parts in (("modules", modules), ("optimizers", optimizers)):
+        for name, part in parts.items():
+            if name not in checkpoint[kind]:
+                raise SystemExit(f"error: --resume {path!r}: the checkpoint has no {name!r} {kind[:-1]}")
+            try:
+                part.load_state_dict(checkpoint[kind][name])
+            except (RuntimeError, ValueError, KeyError) as error:
+                raise SystemExit(f"error: --resume {path!r}: its {name!r} does not fit this run "
+                                 f"({str(error).splitlines()[0]})") from None
+
+
 if __name__ == "__main__":
     args = tyro.cli(Args)
     resume = None
     if args.resume:
-        if not os.path.isfile(args.resume):
-            raise SystemExit(f"error: --resume {args.resume!r}: no such checkpoint file")
-        resume = torch.load(args.resume, weights_only=False)
-        total_timesteps, eval_every = args.total_timesteps, args.eval_every
-        args = Args(**{**resume["args"], "resume": args.resume, "total_timesteps": total_timesteps, "eval_every": eval_every})
+        resume = load_checkpoint(args.resume, torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu"))
+        args = resume_args(args, resume, given_flags(sys.argv[1:]))
     env_kwargs = check_args(args)
 
     # TRY NOT TO MODIFY: seeding
@@ -696,7 +819,7 @@ if __name__ == "__main__":
         raise SystemExit(f"error: cannot make {args.env_id} with --env-kwargs {args.env_kwargs}: {error}") from None
     action_space = envs_.single_action_space
     if not isinstance(action_space, (gym.spaces.Discrete, gym.spaces.Box)):
-        raise SystemExit(f"error: {args.env_id} has {action_space}; varibad.py handles Discrete and Box actions")
+        raise SystemExit(f"error: {args.env_id} has {action_space}; {SCRIPT} handles Discrete and Box actions")
     fill_family_defaults(args, envs_)
     obs_dim = int(np.prod(envs_.single_observation_space.shape))
     action_dim = action_size(action_space)
@@ -709,22 +832,13 @@ if __name__ == "__main__":
         args.num_iterations = args.vae_iterations + max(1, policy_steps // args.policy_batch_size)
     else:
         args.vae_iterations = args.num_iterations = max(1, args.total_timesteps // args.batch_size)
+    if resume is not None and resume["iteration"] >= args.num_iterations:
+        raise SystemExit(f"error: --resume {args.resume!r}: the run has finished its {args.num_iterations} iterations; "
+                         "a larger --total-timesteps extends it")
     if resume is not None and resume["iteration"] > args.vae_iterations:  # resumed in the policy phase
         envs_.close()
         envs_ = make_envs(args.env_id, args.policy_num_envs, env_kwargs)
     bayes_return = bayes_optimal_return(args.env_id, env_kwargs)
-
-    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else args.run_dir or os.path.join("runs", run_name)
-    run_name = os.path.basename(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, group=args.wandb_group,
-                   sync_tensorboard=True, config=vars(args), name=run_name, dir=run_dir, save_code=True)
-    writer = SummaryWriter(run_dir)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
     encoder = Encoder(obs_dim, action_dim, args).to(device)
     decoder = Decoder(obs_dim, action_dim, args).to(device)
@@ -735,32 +849,41 @@ if __name__ == "__main__":
     modules = {"encoder": encoder, "decoder": decoder, "agent": agent, "obs_scaling": obs_scaling}
     optimizers = {"vae": vae_optimizer, "policy": optimizer}
     buffer = EpisodeBuffer(args.vae_buffer_episodes, args.horizon, obs_dim, action_dim, device)
+
+    global_step, start_iteration, evaluations = 0, 1, []
+    if resume is not None:  # everything is loaded and checked before the run folder is touched
+        restore(resume, modules, optimizers, args.resume)
+        buffer.load_state_dict(resume["buffer"])
+        global_step, start_iteration, evaluations = resume["global_step"], resume["iteration"] + 1, resume["evaluations"]
+
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else args.run_dir or os.path.join("runs", run_name)
+    run_name = os.path.basename(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, group=args.wandb_group,
+                   sync_tensorboard=True, config=vars(args), name=run_name, dir=run_dir, save_code=True)
+    # on resume, TensorBoard hides what a killed run logged after its checkpoint, which the resumed run logs again
+    writer = SummaryWriter(run_dir, purge_step=global_step + 1 if resume is not None else None)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
     eval_path = os.path.join(run_dir, "eval.json")
 
-    global_step, start_iteration, evaluations = 0, 1, []
     if resume is not None:
-        for name, module in modules.items():
-            if name in resume["modules"]:  # checkpoints of bounded observations may lack obs_scaling: bounds suffice
-                module.load_state_dict(resume["modules"][name])
-        for name, opt in optimizers.items():
-            opt.load_state_dict(resume["optimizers"][name])
-        global_step, start_iteration = resume["global_step"], resume["iteration"] + 1
-        buffer.load_state_dict(resume["buffer"])
-        torch.set_rng_state(resume["rng"]["torch"])
-        np.random.set_state(resume["rng"]["numpy"])
-        random.setstate(resume["rng"]["python"])
         envs_.reset(seed=args.seed)  # creates the generators, whose states are then restored
-        for rng, state in zip(env_rngs(envs_), resume["rng"]["envs"]):
-            rng.bit_generator.state = state
-        if os.path.exists(eval_path):
-            evaluations = json.load(open(eval_path))["evaluations"]
+        set_rng_state(resume["rng"], envs_)
         print(f"resumed {run_dir} at iteration {start_iteration}, step {global_step}")
     else:
         envs_.reset(seed=args.seed)
         if obs_scaling.unbounded.any():
             obs_scaling.fit(random_episodes(envs_, args, obs_scaling, device)[0])
 
+    def save(iteration: int) -> None:
+        progress = {"global_step": global_step, "iteration": iteration, "evaluations": evaluations,
+                    "buffer": buffer.state_dict()}
+        save_checkpoint(checkpoint_path, modules, optimizers, args, envs_, progress)
 
     def write_eval(iteration: int, final: bool = False) -> dict:
         tick = time.time()
@@ -854,6 +977,7 @@ if __name__ == "__main__":
                 rewards[t] = torch.as_tensor(reward, dtype=torch.float32, device=device)
                 session_done[t] = torch.as_tensor(info["session_done"], device=device)
                 next_obs_buf[t] = obs_scaling(next_obs)
+                check_finite(iteration, reward=rewards[t], observation=next_obs_buf[t])
                 state.observe(action_features(action, action_space), rewards[t])
         agent.belief_rms.update(beliefs)
         for _ in range(0 if policy_phase else args.vae_random_episodes // args.num_envs):
@@ -873,7 +997,9 @@ if __name__ == "__main__":
             loss, terms = vae_loss(encoder, decoder, buffer.sample(args.vae_batch_episodes), args, device)
             vae_optimizer.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_([p for g in vae_optimizer.param_groups for p in g["params"]], args.max_grad_norm)
+            grad_norm = nn.utils.clip_grad_norm_([p for g in vae_optimizer.param_groups for p in g["params"]],
+                                                 args.max_grad_norm)
+            check_finite(iteration, **{f"{name} loss": value for name, value in terms.items()}, vae_gradient_norm=grad_norm)
             vae_optimizer.step()
         timing["vae"] += time.time() - tick
 
@@ -916,8 +1042,10 @@ if __name__ == "__main__":
                 ppo_loss = pg_loss - ent_coef * entropy_loss + v_loss * args.vf_coef
                 optimizer.zero_grad()
                 ppo_loss.backward()
-                nn.utils.clip_grad_norm_(agent.actor.parameters(), args.max_grad_norm)
-                nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm)
+                actor_norm = nn.utils.clip_grad_norm_(agent.actor.parameters(), args.max_grad_norm)
+                critic_norm = nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm)
+                check_finite(iteration, policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss,
+                             actor_gradient_norm=actor_norm, critic_gradient_norm=critic_norm)
                 optimizer.step()
         timing["ppo"] += time.time() - tick
 
@@ -946,10 +1074,10 @@ if __name__ == "__main__":
         if args.eval_every and iteration % args.eval_every == 0 and iteration != args.num_iterations:
             write_eval(iteration)
             if args.save_model:
-                save_checkpoint(checkpoint_path, modules, optimizers, args, global_step, iteration, envs_, buffer)
+                save(iteration)
         if stop_requested and iteration != args.num_iterations:
             if args.save_model:
-                save_checkpoint(checkpoint_path, modules, optimizers, args, global_step, iteration, envs_, buffer)
+                save(iteration)
                 print(f"stopped at iteration {iteration}: continue with --resume {checkpoint_path}")
             raise SystemExit(130)
 
@@ -960,7 +1088,7 @@ if __name__ == "__main__":
     total = sum(timing.values())
     print("time: " + ", ".join(f"{name} {seconds:.0f}s ({seconds / total:.0%})" for name, seconds in timing.items()))
     if args.save_model:
-        save_checkpoint(checkpoint_path, modules, optimizers, args, global_step, args.num_iterations, envs_, buffer)
+        save(args.num_iterations)
         print(f"checkpoint: {checkpoint_path}")
     envs_.close()
     writer.close()
