@@ -732,28 +732,29 @@ def save_checkpoint(path: str, modules: dict, optimizers: dict, args: Args, envs
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str, device) -> dict:
-    """The checkpoint at ``path`` as data (a file that would run code is refused); one line on what is wrong."""
+def load_checkpoint(path: str, device, script: str | None = SCRIPT) -> dict:
+    """The checkpoint at ``path`` as data (a file that would run code is refused), written by ``script`` (None: by
+    any script of the library); one line on what is wrong otherwise."""
     if not os.path.isfile(path):
-        raise SystemExit(f"error: --resume {path!r}: no such checkpoint file")
+        raise SystemExit(f"error: checkpoint {path!r}: no such checkpoint file")
     if os.path.getsize(path) == 0:
-        raise SystemExit(f"error: --resume {path!r}: the file is empty")
+        raise SystemExit(f"error: checkpoint {path!r}: the file is empty")
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Weights only load failed" not in str(error):
-            raise SystemExit(f"error: --resume {path!r} is not a checkpoint ({error})") from None
-        raise SystemExit(f"error: --resume {path!r} holds objects other than tensors and plain data (a checkpoint of "
-                         "an older version, or a file that would run code when loaded): it is not loaded") from None
+        if "GLOBAL" not in str(error):  # not a reference to a class or function: data that is not a checkpoint's
+            raise SystemExit(f"error: checkpoint {path!r} is truncated or not a checkpoint (it does not unpickle)") from None
+        raise SystemExit(f"error: checkpoint {path!r} holds objects other than tensors and plain data (written by an "
+                         "older version, or a file that would run code when loaded): it is not loaded") from None
     except Exception as error:  # a truncated file, or not one that torch.save wrote
-        raise SystemExit(f"error: --resume {path!r} is truncated or not a checkpoint ({type(error).__name__}: "
+        raise SystemExit(f"error: checkpoint {path!r} is truncated or not a checkpoint ({type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else 'no detail'})") from None
     header = checkpoint.get("header") if isinstance(checkpoint, dict) else None
     if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
-        raise SystemExit(f"error: --resume {path!r} is not a checkpoint of this library's format {CHECKPOINT_FORMAT}")
-    if header["script"] != SCRIPT:
-        raise SystemExit(f"error: --resume {path!r} is a checkpoint of {header['script']} on {header['env_id']}, not of "
-                         f"{SCRIPT}: resume it with `python {header['script']} --resume {path}`")
+        raise SystemExit(f"error: checkpoint {path!r} is not of this library's checkpoint format {CHECKPOINT_FORMAT}")
+    if script is not None and header["script"] != script:
+        raise SystemExit(f"error: checkpoint {path!r} is one of {header['script']} on {header['env_id']}, not of "
+                         f"{script}: resume it with `python {header['script']} --resume {path}`")
     return checkpoint
 
 
@@ -788,11 +789,11 @@ def restore(checkpoint: dict, modules: dict, optimizers: dict, path: str) -> Non
     for kind, parts in (("modules", modules), ("optimizers", optimizers)):
         for name, part in parts.items():
             if name not in checkpoint[kind]:
-                raise SystemExit(f"error: --resume {path!r}: the checkpoint has no {name!r} {kind[:-1]}")
+                raise SystemExit(f"error: checkpoint {path!r} has no {name!r} {kind[:-1]}")
             try:
                 part.load_state_dict(checkpoint[kind][name])
             except (RuntimeError, ValueError, KeyError) as error:
-                raise SystemExit(f"error: --resume {path!r}: its {name!r} does not fit this run "
+                raise SystemExit(f"error: checkpoint {path!r}: its {name!r} does not fit this run "
                                  f"({str(error).splitlines()[0]})") from None
 
 
@@ -883,6 +884,7 @@ if __name__ == "__main__":
     def save(iteration: int) -> None:
         progress = {"global_step": global_step, "iteration": iteration, "evaluations": evaluations,
                     "buffer": buffer.state_dict()}
+        writer.flush()  # what was logged up to the checkpoint survives a kill
         save_checkpoint(checkpoint_path, modules, optimizers, args, envs_, progress)
 
     def write_eval(iteration: int, final: bool = False) -> dict:

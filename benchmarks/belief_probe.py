@@ -179,10 +179,12 @@ def main(args: Args) -> dict:
     envs_.reset(seed=vae_args.seed)
     os.makedirs(args.run_dir, exist_ok=True)
     dm.save_checkpoint(os.path.join(args.run_dir, "checkpoint.pt"),
-                       {"encoder": encoder, "decoder": decoder, "prior": prior_net, "agent": agent},
+                       {"encoder": encoder, "decoder": decoder, "prior": prior_net, "agent": agent,
+                        "obs_scaling": dm.ObservationScaling(envs_.single_observation_space)},
                        {"vae": vae_optimizer,
                         "policy": torch.optim.Adam(agent.parameters(), lr=vae_args.learning_rate, eps=1e-5)},
-                       vae_args, 0, 0, envs_, dm.EpisodeBuffer(1, vae_args.horizon, obs_dim, num_actions, "cpu"))
+                       vae_args, envs_, {"global_step": 0, "iteration": 0, "evaluations": [],
+                                         "buffer": dm.EpisodeBuffer(1, vae_args.horizon, obs_dim, num_actions, "cpu").state_dict()})
 
     result = {"command": " ".join(["python benchmarks/belief_probe.py", *map(shlex.quote, sys.argv[1:])]),
               "args": asdict(args), "rows": rows}

@@ -72,12 +72,12 @@ def run_one(args: Args, method: str, seed: int) -> str:
     if os.path.exists(eval_path) and json.load(open(eval_path)).get("finished"):
         return f"{method} seed {seed}: done already"
     command = [sys.executable, os.path.join(ROOT, script)]
-    if os.path.exists(checkpoint):
+    if os.path.exists(checkpoint):  # the run continues with the settings it started with
         command += ["--resume", checkpoint]
     else:
         command += ["--seed", str(seed), "--exp-name", method, "--run-dir", run_dir, "--env-id", args.env_id, *flags,
-                    *shlex.split(args.extra)]
-    command += ["--save-model", "--eval-every", str(args.eval_every), "--log-every", "1000000"]
+                    *shlex.split(args.extra), "--save-model"]
+    command += ["--eval-every", str(args.eval_every), "--log-every", "1000000"]
     if args.total_timesteps:
         command += ["--total-timesteps", str(args.total_timesteps)]
     os.makedirs(run_dir, exist_ok=True)

@@ -5,7 +5,7 @@ figures where the environment is ScratchItch.
     python benchmarks/reward_terms.py runs/benchmark_scratchitch/dynamite/seed1/checkpoint.pt \
         runs/benchmark_scratchitch/varibad/seed1/checkpoint.pt --output docs/scratchitch_reward_terms.md
 
-The script of a checkpoint is told by its settings (only DynaMITE-RL's have ``consistency``).
+The script of a checkpoint is named in its header.
 """
 
 from __future__ import annotations
@@ -40,10 +40,14 @@ class Args:
 
 
 def load(checkpoint_path: str):
-    """The script module, its Args and the trained modules of a checkpoint."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    module = "dynamite_rl" if "consistency" in checkpoint["args"] else "varibad"  # only DynaMITE-RL has the flag
-    algo = importlib.import_module(module)
+    """The script module, its Args and the trained modules of a checkpoint (loaded as data, its header checked)."""
+    import dynamite_rl
+
+    checkpoint = dynamite_rl.load_checkpoint(checkpoint_path, "cpu", script=None)
+    script = checkpoint["header"]["script"]
+    if script not in ("dynamite_rl.py", "varibad.py"):
+        raise SystemExit(f"error: checkpoint {checkpoint_path!r} is one of {script}; this needs dynamite_rl.py or varibad.py")
+    algo = importlib.import_module(script[: -len(".py")])
     args = algo.Args(**checkpoint["args"])
     return algo, args, checkpoint["modules"]
 

@@ -48,7 +48,7 @@ def test_a_saved_agent_evaluates_exactly_as_the_run_evaluated_it(tmp_path):
     flags = mujoco_tiny("dynamite_rl.py") + ["--save-model"]
     run_dir = run_script("dynamite_rl.py", *flags, "--env-id", "dynamite/HalfCheetahVel-v0", cwd=tmp_path)
     final = json.load(open(os.path.join(run_dir, "eval.json")))["evaluations"][-1]
-    checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
+    checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
     args = dynamite_rl.Args(**checkpoint["args"])
     envs_ = dynamite_rl.make_envs(args.env_id, 1, {})
     obs_dim, space = envs_.single_observation_space.shape[0], envs_.single_action_space

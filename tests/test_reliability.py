@@ -1,0 +1,293 @@
+"""Faults and bad input, in every script: checkpoints are data and carry a header, --resume continues the run it
+names (also after a SIGKILL), non-finite values stop a run, and every bad setting gets one line before anything is
+written."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import envs.gridworld
+from conftest import ROOT, SCRIPTS, TINY, run_script
+
+
+@pytest.fixture(params=SCRIPTS)
+def script(request):
+    return request.param
+
+
+def fails(script: str, *args: str, cwd) -> str:
+    """The one-line error with which ``python <script> <args>`` stops (in this process)."""
+    with pytest.raises(SystemExit) as stopped:
+        run_script(script, *args, cwd=cwd)
+    message = str(stopped.value.code)
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+def folder_state(folder) -> dict:
+    return {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in os.listdir(folder)}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, str]:
+    """A finished 3-iteration run of every script with --save-model, evaluated after every iteration."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    return {s: os.path.join(run_script(s, *TINY[s], "--total-timesteps", "1440", "--save-model", "--eval-every", "1",
+                                       cwd=folder / s[:-3]), "checkpoint.pt") for s in SCRIPTS}
+
+
+# bad settings: one line naming the flag, its value and what is allowed, the same words in every script
+BAD_SETTINGS = [
+    (["--gamma", "1.5"], "error: --gamma 1.5 is out of range: it must be in (0, 1]"),
+    (["--gamma", "0"], "error: --gamma 0.0 is out of range: it must be in (0, 1]"),
+    (["--gae-lambda", "-0.1"], "error: --gae-lambda -0.1 is out of range: it must be in [0, 1]"),
+    (["--learning-rate", "-0.001"], "error: --learning-rate -0.001 is out of range: it must be > 0"),
+    (["--learning-rate", "nan"], "error: --learning-rate nan is out of range: it must be > 0"),
+    (["--learning-rate", "inf"], "error: --learning-rate inf is out of range: it must be > 0"),
+    (["--clip-coef", "0"], "error: --clip-coef 0.0 is out of range: it must be > 0"),
+    (["--max-grad-norm", "-1"], "error: --max-grad-norm -1.0 is out of range: it must be > 0"),
+    (["--vf-coef", "-0.5"], "error: --vf-coef -0.5 is out of range: it must be >= 0"),
+    (["--num-envs", "0"], "error: --num-envs 0 is out of range: it must be an integer >= 1"),
+    (["--num-minibatches", "0"], "error: --num-minibatches 0 is out of range: it must be an integer >= 1"),
+    (["--total-timesteps", "-5"], "error: --total-timesteps -5 is out of range: it must be an integer >= 1"),
+    (["--update-epochs", "0"], "error: --update-epochs 0 is out of range: it must be an integer >= 1"),
+    (["--gru-hidden", "0"], "error: --gru-hidden 0 is out of range: it must be an integer >= 1"),
+    (["--eval-episodes", "0"], "error: --eval-episodes 0 is out of range: it must be an integer >= 1"),
+    (["--eval-every", "-1"], "error: --eval-every -1 is out of range: it must be an integer >= 0"),
+    (["--log-every", "0"], "error: --log-every 0 is out of range: it must be an integer >= 1"),
+    (["--num-envs", "10", "--num-minibatches", "4"], "--num-envs 10 must be divisible by --num-minibatches 4"),
+    (["--env-id", "dynamite/Nope-v0"], "unknown --env-id 'dynamite/Nope-v0'; known environments: dynamite/Gridworld-v0"),
+    (["--env-kwargs", "{size: 3}"], "--env-kwargs is not valid JSON"),
+    (["--env-kwargs", '{"num_goals": 30}'], "num_goals must be at most"),
+    (["--resume", "missing.pt"], "no such checkpoint"),
+]
+# the settings of one algorithm only
+OWN_BAD_SETTINGS = {
+    "dynamite_rl.py": [(["--consistency-weight", "-1"], "error: --consistency-weight -1.0 is out of range: it must be >= 0"),
+                       (["--vae-learning-rate", "0"], "error: --vae-learning-rate 0.0 is out of range: it must be > 0"),
+                       (["--decode-beliefs", "0"], "error: --decode-beliefs 0 is out of range: it must be an integer >= 1")],
+    "varibad.py": [(["--kl-weight", "-0.1"], "error: --kl-weight -0.1 is out of range: it must be >= 0"),
+                   (["--vae-updates", "-1"], "error: --vae-updates -1 is out of range: it must be an integer >= 0")],
+    "contrabar.py": [(["--cpc-learning-rate", "-1"], "error: --cpc-learning-rate -1.0 is out of range: it must be > 0"),
+                     (["--cpc-steps", "0"], "error: --cpc-steps 0 is out of range: it must be an integer >= 1")],
+    "rl2.py": [(["--embed-dim", "0"], "error: --embed-dim 0 is out of range: it must be an integer >= 1")],
+}
+
+
+@pytest.mark.parametrize("args,message", BAD_SETTINGS)
+def test_a_bad_setting_stops_with_one_line_before_anything_is_written(script, args, message, tmp_path):
+    assert message in fails(script, *args, cwd=tmp_path)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_algorithm_s_own_bad_settings_stop_with_one_line(script, tmp_path):
+    for args, message in OWN_BAD_SETTINGS[script]:
+        assert message in fails(script, *args, cwd=tmp_path)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_no_traceback_reaches_the_user(script, tmp_path):
+    """As a user sees it: exit status 1, one line on stderr, no run folder."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, script), "--gamma", "1.5"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: --gamma 1.5 is out of range: it must be in (0, 1]"
+    assert not (tmp_path / "runs").exists()
+
+
+# checkpoints
+def test_a_checkpoint_loads_as_data_only_with_its_header(checkpoints, script):
+    checkpoint = torch.load(checkpoints[script], weights_only=True)  # tensors and plain data: no code runs
+    assert checkpoint["header"] == {"script": script, "format": 1, "env_id": "dynamite/Gridworld-v0"}
+    assert checkpoint["iteration"] == 3 and checkpoint["global_step"] == 1440
+    assert [e["iteration"] for e in checkpoint["evaluations"]] == [1, 2, 3]  # what eval.json holds, too
+    saved = json.load(open(os.path.join(os.path.dirname(checkpoints[script]), "eval.json")))["evaluations"]
+    assert [e["return"] for e in checkpoint["evaluations"]] == [e["return"] for e in saved]
+
+
+class RunsCode:
+    """Unpickling this calls os.mkdir(path): what a crafted checkpoint would do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def write_bad_checkpoint(kind: str, folder, good: str) -> str:
+    path = os.path.join(folder, "checkpoint.pt")
+    if kind == "empty":
+        open(path, "wb").close()
+    elif kind == "truncated":
+        data = open(good, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+    elif kind == "text":
+        open(path, "w").write("not a checkpoint\n")
+    elif kind == "code":
+        torch.save({"header": RunsCode(os.path.join(folder, "code_ran"))}, path)
+    elif kind == "no header":
+        torch.save({"modules": {}}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("empty", "the file is empty"),
+    ("truncated", "is truncated or not a checkpoint"),
+    ("text", "is truncated or not a checkpoint"),
+    ("code", "holds objects other than tensors and plain data"),
+    ("no header", "is not of this library's checkpoint format 1"),
+])
+def test_a_file_that_is_not_a_checkpoint_stops_with_one_line_and_writes_nothing(checkpoints, script, kind, message,
+                                                                                 tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    path = write_bad_checkpoint(kind, folder, checkpoints[script])
+    before = folder_state(folder)
+    error = fails(script, "--resume", path, cwd=tmp_path)
+    assert message in error and repr(path) in error
+    assert folder_state(folder) == before and not (tmp_path / "runs").exists()  # no events file, no code run
+
+
+def copy_of(checkpoint_path: str, folder, edit=None) -> str:
+    """A copy of a checkpoint in ``folder``, edited by ``edit(checkpoint)``."""
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    if edit is not None:
+        edit(checkpoint)
+    os.makedirs(folder, exist_ok=True)
+    torch.save(checkpoint, os.path.join(folder, "checkpoint.pt"))
+    return os.path.join(folder, "checkpoint.pt")
+
+
+def test_a_checkpoint_of_another_script_names_both(checkpoints, script, tmp_path):
+    other = SCRIPTS[(SCRIPTS.index(script) + 1) % len(SCRIPTS)]
+    path = copy_of(checkpoints[other], tmp_path / "other")
+    before = folder_state(tmp_path / "other")
+    error = fails(script, "--resume", path, cwd=tmp_path)
+    assert f"is one of {other} on dynamite/Gridworld-v0, not of {script}" in error
+    assert folder_state(tmp_path / "other") == before
+
+
+def test_another_environment_or_setting_given_with_resume_is_refused(checkpoints, script, tmp_path):
+    path = copy_of(checkpoints[script], tmp_path / "run")
+    before = folder_state(tmp_path / "run")
+    error = fails(script, "--resume", path, "--env-id", "dynamite/Reacher-v0", cwd=tmp_path)
+    assert "is a run on dynamite/Gridworld-v0, not on --env-id dynamite/Reacher-v0" in error
+    error = fails(script, "--resume", path, "--gamma", "0.9", "--total-timesteps", "1920", cwd=tmp_path)
+    assert error.startswith("error: --gamma cannot be given with --resume") and "--total-timesteps" in error
+    assert "--seed cannot be given" in fails(script, "--resume", path, "--seed", "1", cwd=tmp_path)
+    assert "--norm-adv cannot be given" in fails(script, "--resume", path, "--no-norm-adv", cwd=tmp_path)
+    assert folder_state(tmp_path / "run") == before
+
+
+def test_a_missing_or_misshapen_module_is_an_error_not_a_random_network(checkpoints, script, tmp_path):
+    def drop_scaling(checkpoint):
+        del checkpoint["modules"]["obs_scaling"]
+
+    def widen(checkpoint):
+        weights = checkpoint["modules"]["agent"]
+        name = next(k for k in weights if k.endswith("weight"))
+        weights[name] = torch.zeros(weights[name].shape[0] + 1, *weights[name].shape[1:])
+
+    path = copy_of(checkpoints[script], tmp_path / "a", drop_scaling)
+    assert "has no 'obs_scaling' module" in fails(script, "--resume", path, "--total-timesteps", "1920", cwd=tmp_path)
+    path = copy_of(checkpoints[script], tmp_path / "b", widen)
+    assert "its 'agent' does not fit this run" in fails(script, "--resume", path, "--total-timesteps", "1920",
+                                                        cwd=tmp_path)
+    assert not (tmp_path / "runs").exists() and sorted(os.listdir(tmp_path / "a")) == ["checkpoint.pt"]
+
+
+def test_resume_takes_the_settings_of_the_checkpoint_and_extends_only_what_it_is_told(checkpoints, script, tmp_path):
+    path = copy_of(checkpoints[script], tmp_path / "run")
+    assert "the run has finished its 3 iterations" in fails(script, "--resume", path, cwd=tmp_path)
+    run_script(script, "--resume", path, "--total-timesteps", "1920", cwd=tmp_path)
+    result = json.load(open(tmp_path / "run" / "eval.json"))
+    started = torch.load(checkpoints[script], weights_only=True)["args"]
+    changed = {k: v for k, v in result["args"].items() if started[k] != v}
+    assert changed == {"total_timesteps": 1920, "num_iterations": 4, "resume": path, **(
+        {"vae_iterations": 4} if "vae_iterations" in started else {"cpc_iterations": 4} if "cpc_iterations" in started
+        else {})}
+    assert [e["iteration"] for e in result["evaluations"]] == [1, 2, 3, 4]  # eval_every 1 kept, not the default 25
+
+
+def test_a_checkpoint_resumes_on_the_device_it_is_loaded_to(checkpoints, script):
+    import importlib
+
+    algo = importlib.import_module(script[:-3])
+    checkpoint = algo.load_checkpoint(checkpoints[script], torch.device("meta"))  # as a GPU's would on the CPU
+    assert checkpoint["modules"]["agent"][next(iter(checkpoint["modules"]["agent"]))].device.type == "meta"
+
+
+# non-finite values
+def test_an_enormous_reward_stops_the_run_at_a_named_term(script, tmp_path):
+    error = fails(script, *TINY[script], "--env-kwargs", '{"step_reward": 1e20}', cwd=tmp_path)
+    assert "is not finite at iteration 1: the run stops" in error
+
+
+def test_a_reward_that_is_not_finite_stops_the_run_and_keeps_the_last_good_checkpoint(script, tmp_path, monkeypatch):
+    """The training environments start paying inf in the third iteration; the checkpoint of the second stays."""
+    step, calls = envs.gridworld.GridworldVectorEnv.step, []
+
+    def step_paying_inf_late(self, actions):
+        obs, reward, terminated, truncated, info = step(self, actions)
+        if self.num_envs == 8:  # the training environments (evaluation uses 16)
+            calls.append(1)
+            if len(calls) > 2 * 60 + 10:
+                reward = np.full_like(reward, np.inf)
+        return obs, reward, terminated, truncated, info
+
+    monkeypatch.setattr(envs.gridworld.GridworldVectorEnv, "step", step_paying_inf_late)
+    error = fails(script, *TINY[script], "--total-timesteps", "2400", "--save-model", "--eval-every", "1",
+                  cwd=tmp_path)
+    assert error.startswith("error: the reward is not finite at iteration 3")
+    checkpoint = torch.load(next((tmp_path / "runs").glob("*/checkpoint.pt")), weights_only=True)
+    assert checkpoint["iteration"] == 2
+    assert all(torch.isfinite(v).all() for m in checkpoint["modules"].values() for v in m.values())
+
+
+def test_environments_refuse_rewards_that_float32_cannot_hold(script, tmp_path):
+    error = fails(script, "--env-kwargs", '{"goal_reward": 1e308}', cwd=tmp_path)
+    assert "goal_reward" in error and not (tmp_path / "runs").exists()
+
+
+# a kill -9 at any moment
+def losses(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """Every ``losses/`` series of a run's TensorBoard log, as TensorBoard reads it (orphans of a kill purged)."""
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+            if tag.startswith("losses/")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", ["iter 5/", "eval  iter 4:"])  # mid-iteration; between eval.json and checkpoint
+def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_result(script, kill_at, tmp_path):
+    args = [*TINY[script], "--total-timesteps", str(60 * 8 * 8), "--save-model", "--eval-every", "2"]
+    straight = run_script(script, *args, cwd=tmp_path / "straight")
+    os.makedirs(tmp_path / "cut")
+    process = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], cwd=tmp_path / "cut",
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        if line.startswith(kill_at):
+            process.send_signal(signal.SIGKILL)
+            break
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == -signal.SIGKILL, output
+    checkpoint_path = next((tmp_path / "cut" / "runs").glob("*/checkpoint.pt"))
+    resumed = run_script(script, "--resume", str(checkpoint_path), cwd=tmp_path / "cut")
+
+    keys = ("iteration", "global_step", "return", "return_std", "return_per_session", "consecutive_episode_returns")
+    got, expected = (json.load(open(os.path.join(d, "eval.json"))) for d in (resumed, straight))
+    assert got["finished"] and [[e[k] for k in keys] for e in got["evaluations"]] == \
+        [[e[k] for k in keys] for e in expected["evaluations"]]  # each evaluation once, as uninterrupted
+    assert losses(resumed) == losses(straight)
+    final, uninterrupted = (torch.load(os.path.join(d, "checkpoint.pt"), weights_only=True)["modules"]
+                            for d in (resumed, straight))
+    assert all(torch.equal(v, uninterrupted[m][k]) for m in final for k, v in final[m].items())
