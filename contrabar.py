@@ -11,7 +11,6 @@ import os
 import pickle
 import random
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -26,7 +25,7 @@ from torch.distributions.categorical import Categorical
 from torch.distributions.normal import Normal
 from torch.utils.tensorboard import SummaryWriter
 
-import envs  # noqa: F401  (registers the dynamite/ environments with gymnasium)
+import envs.protocol  # registers the dynamite/ environments with gymnasium; the evaluation protocol
 
 
 @dataclass
@@ -74,10 +73,8 @@ class Args:
     """total environment steps of the experiment, both phases"""
     num_envs: int = 64
     """number of environments stepped in lock-step; each iteration collects one whole episode of each"""
-    cpc_train_steps: int | None = None
-    """the encoder phase: env steps in which the encoder and the policy train together. After it the encoder is frozen and a
-    fresh policy learns on its history summaries for the rest of --total-timesteps, the policy phase (0: one joint
-    phase throughout, as in the paper; default: 4 M with discrete actions, 0 with continuous ones)"""
+    encoder_train_steps: int | None = None
+    """env steps of the encoder phase, then the policy phase (0: one joint phase; default: 4 M discrete, 0 continuous)"""
     policy_num_envs: int = 256
     """environments per iteration in the policy phase: larger PPO batches there"""
 
@@ -101,8 +98,7 @@ class Args:
     clip_vloss: bool = False
     """clip the value loss as in the PPO paper's implementation (off: returns here are tens, not ~1)"""
     ent_coef: float | None = None
-    """entropy bonus coefficient, annealed linearly to 0 (default: 0.01 with discrete actions, 0.05 with continuous
-    ones, the paper's Table 2)"""
+    """entropy bonus coefficient, annealed linearly to 0 (default: 0.01 discrete, 0.05 continuous)"""
     vf_coef: float = 0.5
     """value loss coefficient"""
     max_grad_norm: float = 0.5
@@ -110,15 +106,13 @@ class Args:
     policy_hidden: int = 128
     """width of the two hidden layers of the actor and of the critic"""
     norm_reward: bool | None = None
-    """scale the rewards PPO sees by a running estimate of the std of the discounted return (default: with
-    continuous actions only)"""
+    """scale PPO's rewards by the running std of the discounted return (default: with continuous actions only)"""
     time_feature: bool = True
     """give the actor and critic the elapsed fraction t/H of the episode (the horizon is part of the task)"""
 
     # Algorithm: the contrastive history encoder (CPC)
     embed_dim: int | None = None
-    """size of the state, action and reward embeddings (default: 16 with discrete actions, 32 with continuous
-    ones)"""
+    """size of the state, action and reward embeddings (default: 16 discrete, 32 continuous)"""
     encoder_hidden: int = 64
     """width of the two layers between the embeddings and the GRU"""
     gru_hidden: int = 128
@@ -129,35 +123,15 @@ class Args:
     """K: how many steps ahead each history predicts"""
     cpc_anchors: int = 15
     """histories per episode whose futures are scored at each encoder step (sampled, all steps if >= H)"""
-    cpc_learning_rate: float = 1e-3
+    encoder_learning_rate: float = 1e-3
     """learning rate of the encoder optimizer"""
-    cpc_updates: int | None = None
-    """encoder gradient steps per iteration (default: 8 with discrete actions, 2 with continuous ones; 0 freezes it)"""
-    cpc_batch_episodes: int = 64
+    encoder_updates: int | None = None
+    """encoder gradient steps per iteration (default: 8 discrete, 2 continuous; 0 freezes it)"""
+    encoder_batch_episodes: int = 64
     """episodes per encoder gradient step, drawn from the buffer; each one's negatives are the others"""
-    cpc_buffer_episodes: int = 10000
+    encoder_buffer_episodes: int = 10000
     """the encoder trains on the last this many episodes"""
 
-    # Filled in at runtime
-    horizon: int = 0
-    """episode length H (from the environment)"""
-    batch_size: int = 0
-    """environment steps per iteration of the encoder phase"""
-    policy_batch_size: int = 0
-    """environment steps per iteration of the policy phase"""
-    cpc_iterations: int = 0
-    """the number of iterations of the encoder phase"""
-    num_iterations: int = 0
-    """the number of iterations, both phases"""
-
-
-def make_envs(env_id: str, num_envs: int, env_kwargs: dict) -> gym.vector.VectorEnv:
-    """Lock-step environments without autoreset: every iteration resets them and plays whole episodes."""
-    spec = gym.spec(env_id)
-    if spec.vector_entry_point is not None:
-        return gym.make_vec(env_id, num_envs=num_envs, autoreset_mode="Disabled", **env_kwargs)
-    return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
-                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.DISABLED}, **env_kwargs)
 
 
 class ObservationScaling(nn.Module):
@@ -440,159 +414,58 @@ class EpisodeBuffer:
             self.fields[name][: self.size] = value
 
 
-def random_episodes(envs_, args: Args, obs_scaling, device):
-    """One episode of uniformly random actions in every environment, as (obs, actions, rewards, next obs, ends)."""
-    space = envs_.single_action_space
-    next_obs, _ = envs_.reset()
-    steps = []
-    for _ in range(args.horizon):
-        if isinstance(space, gym.spaces.Discrete):
-            action = np.random.randint(space.n, size=envs_.num_envs)
-        else:
-            action = np.random.uniform(space.low, space.high, size=(envs_.num_envs, *space.shape)).astype(space.dtype)
-        obs = obs_scaling(next_obs)
-        next_obs, reward, _, _, info = envs_.step(action)
-        steps.append((obs, action_features(torch.as_tensor(action, device=device), space),
-                      torch.as_tensor(reward, dtype=torch.float32, device=device), obs_scaling(next_obs),
-                      torch.as_tensor(info["session_done"], device=device)))
-    return tuple(torch.stack(field) for field in zip(*steps))
+class GreedyPolicy:
+    """The policy of the evaluation protocol (envs.protocol): greedy actions on the history summary it carries on."""
+
+    def __init__(self, num_envs: int, encoder, agent, obs_scaling, space, horizon: int, args: Args, device):
+        self.encoder, self.agent, self.obs_scaling, self.space, self.horizon = encoder, agent, obs_scaling, space, horizon
+        self.args, self.device, self.state = args, device, HistoryState(num_envs, action_size(space), args, device)
+
+    @torch.no_grad()
+    def act(self, obs, t: int) -> np.ndarray:
+        obs = self.obs_scaling(obs)
+        inputs = policy_input(obs, t, self.horizon, self.state.encode(self.encoder, obs), self.args)
+        self.action = self.agent.get_action_and_value(inputs, deterministic=True)[0]
+        return env_action(self.action, self.space)
+
+    def observe(self, reward, info) -> None:
+        self.state.observe(action_features(self.action, self.space),
+                           torch.as_tensor(reward, dtype=torch.float32, device=self.device))
 
 
-# TRY NOT TO MODIFY: evaluation, the same protocol for every algorithm of this library
-@torch.no_grad()
-def evaluate(encoder, agent, obs_scaling, args, env_kwargs, device, num_episodes: int, consecutive: int = 5,
-             seed: int = 0):
-    """Greedy returns: mean and per session over ``num_episodes`` episodes, then ``consecutive`` episodes back to
-    back in the same task (goals kept, the latent's dynamics and the GRU state carried on)."""
-    eval_envs = make_envs(args.env_id, num_episodes, env_kwargs)
-    space = eval_envs.single_action_space
-    state = HistoryState(num_episodes, action_size(space), args, device)
-    obs, _ = eval_envs.reset(seed=seed)
-    episode_returns = []
-    for episode in range(consecutive):
-        if episode > 0:
-            obs, _ = eval_envs.reset(options={"keep_task": True})
-        total = np.zeros(num_episodes)
-        session_returns = np.zeros((num_episodes, args.horizon))
-        num_sessions = 0
-        for t in range(args.horizon):
-            obs_t = obs_scaling(obs)
-            inputs = policy_input(obs_t, t, args.horizon, state.encode(encoder, obs_t), args)
-            action, _, _, _ = agent.get_action_and_value(inputs, deterministic=True)
-            obs, reward, _, _, info = eval_envs.step(env_action(action, space))
-            total += reward
-            session_returns[np.arange(num_episodes), info["session"]] += reward
-            num_sessions = max(num_sessions, int(info["session"].max()) + 1)
-            state.observe(action_features(action, space), torch.as_tensor(reward, dtype=torch.float32, device=device))
-        episode_returns.append(float(total.mean()))
-        if episode == 0:
-            first_return, per_session = total, session_returns[:, :num_sessions].mean(0).tolist()
-    eval_envs.close()
-    return {
-        "return": float(first_return.mean()),
-        "return_std": float(first_return.std()),
-        "return_per_session": per_session,
-        "consecutive_episode_returns": episode_returns,
-        "episodes": num_episodes,
-    }
-
-
-@torch.no_grad()
-def record_video(encoder, agent, obs_scaling, args, env_kwargs, device, folder: str, seed: int = 0) -> None:
-    """One greedy episode, rendered to an mp4 in ``folder`` (the rendering shows the latent: the paying goal,
-    the Reacher's target)."""
-    os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless
-    env = gym.wrappers.RecordVideo(gym.make(args.env_id, render_mode="rgb_array", **env_kwargs), folder,
-                                   episode_trigger=lambda episode: True, name_prefix="eval")
-    space = env.action_space
-    state = HistoryState(1, action_size(space), args, device)
-    obs, _ = env.reset(seed=seed)
-    for t in range(args.horizon):
-        obs_t = obs_scaling(obs[None])
-        action, _, _, _ = agent.get_action_and_value(policy_input(obs_t, t, args.horizon, state.encode(encoder, obs_t), args),
-                                                     deterministic=True)
-        obs, reward, _, _, info = env.step(env_action(action, space)[0])
-        state.observe(action_features(action, space), torch.tensor([reward], dtype=torch.float32, device=device))
-    env.close()
-
-
-def bayes_optimal_return(env_id: str, env_kwargs: dict) -> float | None:
-    """The exact Bayes-optimal return where the library has it (Gridworld with a fixed schedule), else None."""
-    if env_id != "dynamite/Gridworld-v0" or env_kwargs.get("schedule", "fixed") != "fixed":
-        return None
-    from envs.gridworld_reference import cached_solution
-
-    try:
-        return cached_solution(env_kwargs, "bayes").total
-    except ValueError as error:  # a reference that would not fit in memory is skipped, not waited for
-        print(f"no Bayes-optimal reference: {error}")
-        return None
-
-
-# the paper's Table 2 values where continuous control differs from the Gridworld; and the encoder's schedule: the
-# two phases were found on the Gridworld, continuous control keeps the paper's single joint phase, with fewer encoder
-# updates per iteration (on 400-step episodes, 8 of them took 80% of the time)
+# TRY NOT TO MODIFY: settings, checks and checkpoints, the same in every script of the library
+# the paper's Table 2 values where continuous control differs from the Gridworld, and the encoder's schedule (README)
 FAMILY_DEFAULTS = {
     "discrete": {"eval_episodes": 2000, "ent_coef": 0.01, "latent_dim": 5, "embed_dim": 16, "norm_reward": False,
-                 "vae_updates": 8, "cpc_updates": 8, "vae_train_steps": 4_000_000, "cpc_train_steps": 4_000_000},
+                 "encoder_updates": 8, "encoder_train_steps": 4_000_000},
     "continuous": {"eval_episodes": 25, "ent_coef": 0.05, "latent_dim": 16, "embed_dim": 32, "norm_reward": True,
-                   "vae_updates": 2, "cpc_updates": 2, "vae_train_steps": 0, "cpc_train_steps": 0},
+                   "encoder_updates": 2, "encoder_train_steps": 0},
 }
 ENV_DEFAULTS = {"dynamite/ScratchItch-v0": {"ent_coef": 0.01}}  # where one environment differs again (README)
+# the range of every numeric setting (a script skips those it lacks); other integers are counts >= 1, floats >= 0
+RANGES = {"seed": (lambda v: True, "an integer"), "gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+          "gae_lambda": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+          **{name: (lambda v: v > 0, "> 0") for name in ("learning_rate", "encoder_learning_rate", "clip_coef", "max_grad_norm")},
+          **{name: (lambda v: v >= 0, "an integer >= 0") for name in ("eval_every", "encoder_updates", "encoder_train_steps")}}
+SCRIPT, CHECKPOINT_FORMAT = os.path.basename(__file__), 1
+# what --resume may change; every other setting is the checkpoint's, so that a resumed run continues the run it names
+RESUMABLE = ("total_timesteps", "eval_every", "log_every", "num_threads", "cuda", "track", "wandb_project_name",
+             "wandb_entity", "wandb_group", "capture_video")
 
 
 def fill_family_defaults(args: Args, envs_) -> None:
     """Settings left unset take their environment family's value (discrete or continuous actions); the state
-    decoder is on where the environment class says that its dynamics change with the latent."""
+    decoder is on where the environment says that its dynamics change with the latent."""
     family = "discrete" if isinstance(envs_.single_action_space, gym.spaces.Discrete) else "continuous"
     for name, value in {**FAMILY_DEFAULTS[family], **ENV_DEFAULTS.get(args.env_id, {})}.items():
         if getattr(args, name, False) is None:  # (a setting this algorithm does not have is skipped)
             setattr(args, name, value)
     if getattr(args, "state_decoder", False) is None:
-        creator = gym.envs.registration.load_env_creator(gym.spec(args.env_id).entry_point)
-        args.state_decoder = bool(getattr(creator, "latent_changes_dynamics", False))
-
-
-def episode_horizon(envs_) -> int:
-    if hasattr(envs_.unwrapped, "config"):  # the batched Gridworld
-        return envs_.unwrapped.config.horizon
-    return envs_.envs[0].unwrapped.horizon
-
-
-def env_rngs(envs_) -> list:
-    """The environments' random generators (checkpoints save their states, --resume restores them)."""
-    if hasattr(envs_.unwrapped, "_rngs"):  # the batched Gridworld
-        return envs_.unwrapped._rngs
-    return [env.unwrapped.np_random for env in envs_.envs]
-
-
-# the range of every numeric setting of the four algorithms (a script skips those it lacks): integers not named
-# here are counts >= 1, floats not named here are weights >= 0
-RANGES = {
-    "seed": (lambda v: True, "an integer"),
-    "gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "gae_lambda": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    **{name: (lambda v: v > 0, "> 0") for name in
-       ("learning_rate", "vae_learning_rate", "cpc_learning_rate", "clip_coef", "max_grad_norm")},
-    **{name: (lambda v: v >= 0, "an integer >= 0") for name in
-       ("eval_every", "vae_updates", "cpc_updates", "vae_train_steps", "cpc_train_steps", "vae_random_episodes",
-        "vae_warmup_iterations")},
-    **{name: (lambda v: True, "") for name in  # computed at run time
-       ("horizon", "batch_size", "policy_batch_size", "vae_iterations", "cpc_iterations", "num_iterations")},
-}
+        args.state_decoder = envs.protocol.latent_changes_dynamics(args.env_id)
 
 
 def check_args(args: Args) -> dict:
     """Fail before anything is written, with one line naming the flag, its value and what is allowed."""
-    known = sorted(env_id for env_id in gym.registry if env_id.startswith("dynamite/"))
-    if args.env_id not in gym.registry:
-        raise SystemExit(f"error: unknown --env-id {args.env_id!r}; known environments: {', '.join(known)}")
-    try:
-        env_kwargs = json.loads(args.env_kwargs)
-    except json.JSONDecodeError as error:
-        raise SystemExit(f"error: --env-kwargs is not valid JSON ({error}): {args.env_kwargs!r}") from None
-    if not isinstance(env_kwargs, dict):
-        raise SystemExit(f"error: --env-kwargs must be a JSON object, got {args.env_kwargs!r}")
     for field in dataclasses.fields(args):
         value = getattr(args, field.name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -602,82 +475,49 @@ def check_args(args: Args) -> dict:
         if not (math.isfinite(value) and ok(value)):
             raise SystemExit(f"error: --{field.name.replace('_', '-')} {value} is out of range: it must be {allowed}")
     for name in ("num_envs", "policy_num_envs"):
-        if hasattr(args, name) and getattr(args, name) % args.num_minibatches != 0:
+        if getattr(args, name, 0) % args.num_minibatches != 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} {getattr(args, name)} must be divisible by "
                              f"--num-minibatches {args.num_minibatches} (minibatches are split by environment)")
-    if getattr(args, "vae_random_episodes", 0) % args.num_envs != 0:
-        raise SystemExit(f"error: --vae-random-episodes {args.vae_random_episodes} must be a multiple of --num-envs {args.num_envs}")
-    return env_kwargs
+    try:
+        return envs.protocol.parse_env_settings(args.env_id, args.env_kwargs)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def check_finite(iteration: int, **values) -> None:
-    """Stop the run where a loss, a gradient norm or a reward is NaN or infinite, before anything is saved: the
-    checkpoint on disk stays the last good one."""
+    """Stop the run where a loss, gradient norm, reward or observation is NaN or infinite, before anything is saved."""
     for name, value in values.items():
         if not bool(torch.isfinite(torch.as_tensor(value)).all()):
             raise SystemExit(f"error: the {name.replace('_', ' ')} is not finite at iteration {iteration}: the run stops "
                              "here (its last checkpoint, if any, is from before)")
 
 
-# checkpoints: tensors and plain data only, loaded with weights_only=True (never code); the settings --resume may
-# change, every other one is the checkpoint's, so that a resumed run continues the run it names
-SCRIPT = os.path.basename(__file__)
-CHECKPOINT_FORMAT = 1
-RESUMABLE = ("total_timesteps", "eval_every", "log_every", "num_threads", "cuda", "track", "wandb_project_name",
-             "wandb_entity", "wandb_group", "capture_video")
-
-
-def rng_state(envs_) -> dict:
+def save_checkpoint(path: str, modules: dict, optimizers: dict, args: Args, envs_, progress: dict) -> None:
+    """Everything needed to continue the run exactly, as tensors and plain data, written atomically (a kill leaves
+    the previous checkpoint or this one). ``progress``: step, iteration, evaluations, the encoder's buffer."""
     numpy_state = np.random.get_state(legacy=False)
     numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
-    return {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "envs": [rng.bit_generator.state for rng in env_rngs(envs_)]}
-
-
-def set_rng_state(state: dict, envs_) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-    for rng, env_state in zip(env_rngs(envs_), state["envs"]):
-        rng.bit_generator.state = env_state
-
-
-def save_checkpoint(path: str, modules: dict, optimizers: dict, args: Args, envs_, progress: dict) -> None:
-    """Everything needed to continue the run exactly, written atomically (a kill leaves the previous checkpoint or
-    this one, never half a file). ``progress``: global step, iteration, evaluations, the encoder's buffer."""
-    checkpoint = {
-        "header": {"script": SCRIPT, "format": CHECKPOINT_FORMAT, "env_id": args.env_id},
-        "args": asdict(args),
-        "modules": {name: module.state_dict() for name, module in modules.items()},
-        "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
-        "rng": rng_state(envs_),
-        **progress,
-    }
-    tmp = f"{path}.tmp"
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    torch.save({"header": {"script": SCRIPT, "format": CHECKPOINT_FORMAT, "env_id": args.env_id}, "args": asdict(args),
+                "modules": {name: module.state_dict() for name, module in modules.items()},
+                "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+                "rng": {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                        "envs": envs.protocol.generator_states(envs_)}, **progress}, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
 
 
 def load_checkpoint(path: str, device, script: str | None = SCRIPT) -> dict:
-    """The checkpoint at ``path`` as data (a file that would run code is refused), written by ``script`` (None: by
-    any script of the library); one line on what is wrong otherwise."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"error: checkpoint {path!r}: no such checkpoint file")
-    if os.path.getsize(path) == 0:
-        raise SystemExit(f"error: checkpoint {path!r}: the file is empty")
+    """The checkpoint at ``path``, loaded as data (weights_only: a file that would run code is refused), written by
+    ``script`` (None: by any script of the library); one line on what is wrong otherwise."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise SystemExit(f"error: checkpoint {path!r}: " + ("the file is empty" if os.path.isfile(path) else "no such checkpoint file"))
     try:
         checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "GLOBAL" not in str(error):  # not a reference to a class or function: data that is not a checkpoint's
-            raise SystemExit(f"error: checkpoint {path!r} is truncated or not a checkpoint (it does not unpickle)") from None
-        raise SystemExit(f"error: checkpoint {path!r} holds objects other than tensors and plain data (written by an "
-                         "older version, or a file that would run code when loaded): it is not loaded") from None
-    except Exception as error:  # a truncated file, or not one that torch.save wrote
-        raise SystemExit(f"error: checkpoint {path!r} is truncated or not a checkpoint ({type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else 'no detail'})") from None
+    except Exception as error:  # a truncated or foreign file, or one that refers to classes or functions
+        raise SystemExit(f"error: checkpoint {path!r} " + (
+            "holds objects other than tensors and plain data (written by an older version, or a file that would run "
+            "code when loaded): it is not loaded" if "GLOBAL" in str(error) else "is truncated or not a checkpoint "
+            f"({type(error).__name__})")) from None
     header = checkpoint.get("header") if isinstance(checkpoint, dict) else None
     if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
         raise SystemExit(f"error: checkpoint {path!r} is not of this library's checkpoint format {CHECKPOINT_FORMAT}")
@@ -687,34 +527,23 @@ def load_checkpoint(path: str, device, script: str | None = SCRIPT) -> dict:
     return checkpoint
 
 
-def given_flags(argv: list[str]) -> set[str]:
-    """The settings named on the command line (``--no-x`` names x)."""
-    names = {field.name for field in dataclasses.fields(Args)}
-    given = set()
-    for token in argv:
-        if token.startswith("--"):
-            name = token[2:].split("=")[0].replace("-", "_")
-            given.add(name[3:] if name.startswith("no_") and name[3:] in names else name)
-    return given
-
-
-def resume_args(args: Args, checkpoint: dict, given: set[str]) -> Args:
-    """The checkpoint's settings, with those of RESUMABLE that the command line gives applied and printed."""
+def resume_args(args: Args, checkpoint: dict) -> Args:
+    """``args`` parsed with the checkpoint's settings as defaults: only those in RESUMABLE may differ (printed)."""
     saved = checkpoint["args"]
-    if "env_id" in given and args.env_id != saved["env_id"]:
+    changed = {name: value for name, value in asdict(args).items() if name != "resume" and value != saved[name]}
+    if "env_id" in changed:
         raise SystemExit(f"error: --resume {args.resume!r} is a run on {saved['env_id']}, not on --env-id {args.env_id}")
-    refused = sorted(given - set(RESUMABLE) - {"resume"})
-    if refused:
-        raise SystemExit(f"error: --{refused[0].replace('_', '-')} cannot be given with --resume: the run continues with "
-                         f"the settings it started with; only {', '.join('--' + n.replace('_', '-') for n in RESUMABLE)} may change")
-    changed = {name: getattr(args, name) for name in sorted(given & set(RESUMABLE)) if getattr(args, name) != saved[name]}
+    for name in sorted(set(changed) - set(RESUMABLE)):
+        raise SystemExit(f"error: --{name.replace('_', '-')} cannot change on --resume: the run continues with the "
+                         f"settings it started with; only {', '.join('--' + n.replace('_', '-') for n in RESUMABLE)} may")
     for name, value in changed.items():
         print(f"resume: --{name.replace('_', '-')} {value} (the run started with {saved[name]})")
-    return Args(**{**saved, **changed, "resume": args.resume})
+    return args
 
 
-def restore(checkpoint: dict, modules: dict, optimizers: dict, path: str) -> None:
-    """Load every module and optimizer of the run from the checkpoint; one missing or of another shape is an error."""
+def restore(checkpoint: dict, modules: dict, optimizers: dict, envs_, path: str) -> None:
+    """The run's modules, optimizers and random generators from the checkpoint; a part missing or of another
+    shape is an error, not a silently random network."""
     for kind, parts in (("modules", modules), ("optimizers", optimizers)):
         for name, part in parts.items():
             if name not in checkpoint[kind]:
@@ -724,14 +553,22 @@ def restore(checkpoint: dict, modules: dict, optimizers: dict, path: str) -> Non
             except (RuntimeError, ValueError, KeyError) as error:
                 raise SystemExit(f"error: checkpoint {path!r}: its {name!r} does not fit this run "
                                  f"({str(error).splitlines()[0]})") from None
+    rng = checkpoint["rng"]
+    torch.set_rng_state(rng["torch"].cpu())
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])
+    envs_.reset(seed=0)  # creates the generators, whose states are then restored
+    envs.protocol.set_generator_states(envs_, rng["envs"])
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    resume = None
-    if args.resume:
-        resume = load_checkpoint(args.resume, torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu"))
-        args = resume_args(args, resume, given_flags(sys.argv[1:]))
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    resume = load_checkpoint(args.resume, device) if args.resume else None
+    if resume is not None:  # the checkpoint's settings, of which the command line may change only RESUMABLE ones
+        args = resume_args(tyro.cli(Args, default=Args(**resume["args"])), resume)
     env_kwargs = check_args(args)
 
     # TRY NOT TO MODIFY: seeding
@@ -744,51 +581,54 @@ if __name__ == "__main__":
 
     # env setup
     try:
-        envs_ = make_envs(args.env_id, args.num_envs, env_kwargs)
-    except (TypeError, ValueError) as error:
-        raise SystemExit(f"error: cannot make {args.env_id} with --env-kwargs {args.env_kwargs}: {error}") from None
+        envs_ = envs.protocol.make_vector_env(args.env_id, args.num_envs, env_kwargs)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     action_space = envs_.single_action_space
     if not isinstance(action_space, (gym.spaces.Discrete, gym.spaces.Box)):
         raise SystemExit(f"error: {args.env_id} has {action_space}; {SCRIPT} handles Discrete and Box actions")
     fill_family_defaults(args, envs_)
-    obs_dim = int(np.prod(envs_.single_observation_space.shape))
-    action_dim = action_size(action_space)
-    args.horizon = episode_horizon(envs_)
-    args.batch_size = args.num_envs * args.horizon
-    args.policy_batch_size = args.policy_num_envs * args.horizon
-    if 0 < args.cpc_train_steps < args.total_timesteps:
-        args.cpc_iterations = max(1, args.cpc_train_steps // args.batch_size)
-        policy_steps = args.total_timesteps - args.cpc_iterations * args.batch_size
-        args.num_iterations = args.cpc_iterations + max(1, policy_steps // args.policy_batch_size)
+    obs_dim, action_dim, horizon = int(np.prod(envs_.single_observation_space.shape)), action_size(action_space), \
+        envs.protocol.horizon(envs_)
+    batch_size, policy_batch_size = args.num_envs * horizon, args.policy_num_envs * horizon
+    if 0 < args.encoder_train_steps < args.total_timesteps:  # the encoder phase, then the policy phase
+        encoder_iterations = max(1, args.encoder_train_steps // batch_size)
+        num_iterations = encoder_iterations + max(1, (args.total_timesteps - encoder_iterations * batch_size) // policy_batch_size)
     else:
-        args.cpc_iterations = args.num_iterations = max(1, args.total_timesteps // args.batch_size)
-    if resume is not None and resume["iteration"] >= args.num_iterations:
-        raise SystemExit(f"error: --resume {args.resume!r}: the run has finished its {args.num_iterations} iterations; "
+        encoder_iterations = num_iterations = max(1, args.total_timesteps // batch_size)
+    if resume is not None and resume["iteration"] >= num_iterations:
+        raise SystemExit(f"error: --resume {args.resume!r}: the run has finished its {num_iterations} iterations; "
                          "a larger --total-timesteps extends it")
-    if resume is not None and resume["iteration"] > args.cpc_iterations:  # resumed in the policy phase
+    if resume is not None and resume["iteration"] > encoder_iterations:  # resumed in the policy phase
         envs_.close()
-        envs_ = make_envs(args.env_id, args.policy_num_envs, env_kwargs)
-    bayes_return = bayes_optimal_return(args.env_id, env_kwargs)
+        envs_ = envs.protocol.make_vector_env(args.env_id, args.policy_num_envs, env_kwargs)
+    bayes_return = envs.protocol.bayes_optimal_return(args.env_id, env_kwargs)
 
     encoder = Encoder(obs_dim, action_dim, args).to(device)
     predictor = FuturePredictor(obs_dim, action_dim, args).to(device)
     agent = Agent(obs_dim, action_space, args).to(device)
     obs_scaling = ObservationScaling(envs_.single_observation_space).to(device)
-    cpc_optimizer = optim.Adam([*encoder.parameters(), *predictor.parameters()], lr=args.cpc_learning_rate)
+    encoder_optimizer = optim.Adam([*encoder.parameters(), *predictor.parameters()], lr=args.encoder_learning_rate)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     modules = {"encoder": encoder, "predictor": predictor, "agent": agent, "obs_scaling": obs_scaling}
-    optimizers = {"cpc": cpc_optimizer, "policy": optimizer}
-    buffer = EpisodeBuffer(args.cpc_buffer_episodes, args.horizon, obs_dim, action_dim, device)
+    optimizers = {"encoder": encoder_optimizer, "policy": optimizer}
+    buffer = EpisodeBuffer(args.encoder_buffer_episodes, horizon, obs_dim, action_dim, device)
 
     global_step, start_iteration, evaluations = 0, 1, []
     if resume is not None:  # everything is loaded and checked before the run folder is touched
-        restore(resume, modules, optimizers, args.resume)
+        restore(resume, modules, optimizers, envs_, args.resume)
         buffer.load_state_dict(resume["buffer"])
         global_step, start_iteration, evaluations = resume["global_step"], resume["iteration"] + 1, resume["evaluations"]
+    else:
+        envs_.reset(seed=args.seed)
+        if obs_scaling.unbounded.any():  # standardised by random-action episodes
+            obs_scaling.fit(torch.as_tensor(np.stack([step[0] for step in envs.protocol.random_episode(envs_, horizon)]),
+                                            dtype=torch.float32, device=device))
 
     run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else args.run_dir or os.path.join("runs", run_name)
-    run_name = os.path.basename(run_dir)
+    run_name, checkpoint_path, eval_path = (os.path.basename(run_dir), os.path.join(run_dir, "checkpoint.pt"),
+                                            os.path.join(run_dir, "eval.json"))
     os.makedirs(run_dir, exist_ok=True)
     if args.track:
         import wandb
@@ -798,17 +638,8 @@ if __name__ == "__main__":
     # on resume, TensorBoard hides what a killed run logged after its checkpoint, which the resumed run logs again
     writer = SummaryWriter(run_dir, purge_step=global_step + 1 if resume is not None else None)
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    eval_path = os.path.join(run_dir, "eval.json")
-
     if resume is not None:
-        envs_.reset(seed=args.seed)  # creates the generators, whose states are then restored
-        set_rng_state(resume["rng"], envs_)
         print(f"resumed {run_dir} at iteration {start_iteration}, step {global_step}")
-    else:
-        envs_.reset(seed=args.seed)
-        if obs_scaling.unbounded.any():
-            obs_scaling.fit(random_episodes(envs_, args, obs_scaling, device)[0])
 
     def save(iteration: int) -> None:
         progress = {"global_step": global_step, "iteration": iteration, "evaluations": evaluations,
@@ -816,10 +647,11 @@ if __name__ == "__main__":
         writer.flush()  # what was logged up to the checkpoint survives a kill
         save_checkpoint(checkpoint_path, modules, optimizers, args, envs_, progress)
 
-    def write_eval(iteration: int, final: bool = False) -> dict:
+    def write_eval(iteration: int, final: bool = False) -> None:
         tick = time.time()
-        result = evaluate(encoder, agent, obs_scaling, args, env_kwargs, device, args.eval_episodes,
-                          consecutive=5 if final else 1, seed=args.seed + 1_000_000)
+        result = envs.protocol.evaluate(
+            args.env_id, env_kwargs, lambda n: GreedyPolicy(n, encoder, agent, obs_scaling, action_space, horizon, args, device),
+            args.eval_episodes, consecutive=5 if final else 1, seed=args.seed + 1_000_000)
         timing["eval"] += time.time() - tick
         result.update(iteration=iteration, global_step=global_step,
                       train_time=train_time_before + sum(v for k, v in timing.items() if k != "eval"),
@@ -832,17 +664,15 @@ if __name__ == "__main__":
             writer.add_scalar(f"eval/return_per_session/{s}", value, global_step)
         for e, value in enumerate(result["consecutive_episode_returns"]):
             writer.add_scalar(f"eval/consecutive_episode_return/{e}", value, global_step)
-        tmp = f"{eval_path}.tmp"
-        with open(tmp, "w") as f:
+        with open(f"{eval_path}.tmp", "w") as f:
             json.dump({"args": vars(args), "bayes_optimal_return": bayes_return, "finished": final,
                        "time": {k: round(v, 2) for k, v in timing.items()}, "evaluations": evaluations}, f, indent=1)
-        os.replace(tmp, eval_path)
+        os.replace(f"{eval_path}.tmp", eval_path)
         sessions = " ".join(f"{v:.2f}" for v in result["return_per_session"])
         print(f"eval  iter {iteration}: return {result['return']:.2f} ± {result['return_std']:.2f}"
               + (f" ({result['return'] / bayes_return:.1%} of Bayes-optimal)" if bayes_return else "")
               + f" | per session {sessions}"
               + (f" | 5 episodes {' '.join(f'{v:.1f}' for v in result['consecutive_episode_returns'])}" if final else ""))
-        return result
 
     # TRY NOT TO MODIFY: a first Ctrl-C finishes the iteration, saves a checkpoint and stops; a second aborts
     stop_requested = []
@@ -859,14 +689,14 @@ if __name__ == "__main__":
     train_time_before = evaluations[-1]["train_time"] if evaluations else 0.0
     wall_time_before = evaluations[-1]["wall_time"] if evaluations else 0.0
     start_step = global_step
-    timing = {"rollout": 0.0, "cpc": 0.0, "ppo": 0.0, "eval": 0.0}
-    for iteration in range(start_iteration, args.num_iterations + 1):
-        policy_phase = iteration > args.cpc_iterations
-        if iteration == args.cpc_iterations + 1:
+    timing = {"rollout": 0.0, "encoder": 0.0, "ppo": 0.0, "eval": 0.0}
+    for iteration in range(start_iteration, num_iterations + 1):
+        policy_phase = iteration > encoder_iterations
+        if iteration == encoder_iterations + 1:
             # ALGO LOGIC: the policy phase. A policy that learned while the encoder was still forming ignores what
             # its summaries hold later; a fresh one on the frozen encoder, with larger batches, learns to read them
             envs_.close()
-            envs_ = make_envs(args.env_id, args.policy_num_envs, env_kwargs)
+            envs_ = envs.protocol.make_vector_env(args.env_id, args.policy_num_envs, env_kwargs)
             envs_.reset(seed=args.seed + 1)
             agent = Agent(obs_dim, action_space, args).to(device)
             optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
@@ -874,18 +704,18 @@ if __name__ == "__main__":
             print(f"policy phase from step {global_step:,}: the encoder is frozen; a fresh policy trains on "
                   f"{args.policy_num_envs} environments", flush=True)
         # ALGO LOGIC: storage for one iteration of whole episodes, (H, num_envs, ...)
-        if iteration == start_iteration or iteration == args.cpc_iterations + 1:
-            obs = torch.zeros((args.horizon, envs_.num_envs, obs_dim), device=device)
-            next_obs_buf = torch.zeros((args.horizon, envs_.num_envs, obs_dim), device=device)
-            actions = torch.zeros((args.horizon, envs_.num_envs, *action_space.shape), device=device,
+        if iteration == start_iteration or iteration == encoder_iterations + 1:
+            obs = torch.zeros((horizon, envs_.num_envs, obs_dim), device=device)
+            next_obs_buf = torch.zeros((horizon, envs_.num_envs, obs_dim), device=device)
+            actions = torch.zeros((horizon, envs_.num_envs, *action_space.shape), device=device,
                                   dtype=torch.long if isinstance(action_space, gym.spaces.Discrete) else torch.float32)
-            logprobs = torch.zeros((args.horizon, envs_.num_envs), device=device)
-            rewards = torch.zeros((args.horizon, envs_.num_envs), device=device)
-            values = torch.zeros((args.horizon, envs_.num_envs), device=device)
-            session_done = torch.zeros((args.horizon, envs_.num_envs), dtype=torch.bool, device=device)
-            policy_inputs = torch.zeros((args.horizon, envs_.num_envs, obs_dim + args.gru_hidden + int(args.time_feature)),
+            logprobs = torch.zeros((horizon, envs_.num_envs), device=device)
+            rewards = torch.zeros((horizon, envs_.num_envs), device=device)
+            values = torch.zeros((horizon, envs_.num_envs), device=device)
+            session_done = torch.zeros((horizon, envs_.num_envs), dtype=torch.bool, device=device)
+            policy_inputs = torch.zeros((horizon, envs_.num_envs, obs_dim + args.gru_hidden + int(args.time_feature)),
                                         device=device)
-        phase_start, phase_end = (args.cpc_iterations, args.num_iterations) if policy_phase else (0, args.cpc_iterations)
+        phase_start, phase_end = (encoder_iterations, num_iterations) if policy_phase else (0, encoder_iterations)
         progress = (iteration - 1.0 - phase_start) / (phase_end - phase_start)
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - 0.9 * progress)
@@ -896,9 +726,9 @@ if __name__ == "__main__":
         next_obs, _ = envs_.reset()
         state = HistoryState(envs_.num_envs, action_dim, args, device)
         with torch.no_grad():
-            for t in range(args.horizon):
+            for t in range(horizon):
                 obs[t] = obs_scaling(next_obs)
-                policy_inputs[t] = policy_input(obs[t], t, args.horizon, state.encode(encoder, obs[t]), args)
+                policy_inputs[t] = policy_input(obs[t], t, horizon, state.encode(encoder, obs[t]), args)
                 action, logprob, _, value = agent.get_action_and_value(policy_inputs[t])
                 actions[t], logprobs[t], values[t] = action, logprob, value
                 next_obs, reward, _, _, info = envs_.step(env_action(action, action_space))
@@ -907,10 +737,10 @@ if __name__ == "__main__":
                 next_obs_buf[t] = obs_scaling(next_obs)
                 check_finite(iteration, reward=rewards[t], observation=next_obs_buf[t])
                 state.observe(action_features(action, action_space), rewards[t])
-        global_step += args.policy_batch_size if policy_phase else args.batch_size
+        global_step += policy_batch_size if policy_phase else batch_size
         episode_returns = rewards.sum(0)
         writer.add_scalar("charts/episodic_return", episode_returns.mean().item(), global_step)
-        writer.add_scalar("charts/episodic_length", args.horizon, global_step)
+        writer.add_scalar("charts/episodic_length", horizon, global_step)
         timing["rollout"] += time.time() - tick
 
         # ALGO LOGIC: encoder update by InfoNCE on episodes from the buffer
@@ -918,15 +748,15 @@ if __name__ == "__main__":
         if not policy_phase:
             buffer.add(obs, action_features(actions, action_space), rewards, next_obs_buf, session_done)
         loss, terms = torch.zeros(()), {}
-        for _ in range(0 if policy_phase else args.cpc_updates):
-            loss, terms = cpc_loss(encoder, predictor, buffer.sample(args.cpc_batch_episodes), args, device)
-            cpc_optimizer.zero_grad()
+        for _ in range(0 if policy_phase else args.encoder_updates):
+            loss, terms = cpc_loss(encoder, predictor, buffer.sample(args.encoder_batch_episodes), args, device)
+            encoder_optimizer.zero_grad()
             loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_([p for g in cpc_optimizer.param_groups for p in g["params"]],
+            grad_norm = nn.utils.clip_grad_norm_([p for g in encoder_optimizer.param_groups for p in g["params"]],
                                                  args.max_grad_norm)
-            check_finite(iteration, **{f"{name} loss": value for name, value in terms.items()}, cpc_gradient_norm=grad_norm)
-            cpc_optimizer.step()
-        timing["cpc"] += time.time() - tick
+            check_finite(iteration, **{f"{name} loss": value for name, value in terms.items()}, encoder_gradient_norm=grad_norm)
+            encoder_optimizer.step()
+        timing["encoder"] += time.time() - tick
 
         # ALGO LOGIC: PPO on the history-augmented states; the horizon is the task's end, so no bootstrap
         tick = time.time()
@@ -977,42 +807,36 @@ if __name__ == "__main__":
         y_pred, y_true = values.flatten().cpu().numpy(), returns.flatten().cpu().numpy()
         explained_var = np.nan if np.var(y_true) == 0 else 1 - np.var(y_true - y_pred) / np.var(y_true)
         sps = int((global_step - start_step) / (time.time() - start_time))
-        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-        writer.add_scalar("charts/SPS", sps, global_step)
-        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
-        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
-        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
-        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
-        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
-        writer.add_scalar("losses/explained_variance", explained_var, global_step)
-        writer.add_scalar("losses/cpc", loss.item(), global_step)
-        for name, value in terms.items():
-            writer.add_scalar(f"losses/{name}", value.item(), global_step)
-        for name, seconds in timing.items():
-            writer.add_scalar(f"time/{name}", seconds, global_step)
-        if iteration % args.log_every == 0 or iteration == args.num_iterations:
+        for name, value in {"charts/learning_rate": optimizer.param_groups[0]["lr"], "charts/SPS": sps,
+                            "losses/value_loss": v_loss.item(), "losses/policy_loss": pg_loss.item(),
+                            "losses/entropy": entropy_loss.item(), "losses/approx_kl": approx_kl.item(),
+                            "losses/clipfrac": np.mean(clipfracs), "losses/explained_variance": explained_var,
+                            "losses/cpc": loss.item(), **{f"losses/{k}": v.item() for k, v in terms.items()},
+                            **{f"time/{k}": v for k, v in timing.items()}}.items():
+            writer.add_scalar(name, value, global_step)
+        if iteration % args.log_every == 0 or iteration == num_iterations:
             mean_return = episode_returns.mean().item()
-            print(f"iter {iteration}/{args.num_iterations} | step {global_step:,} | {sps:,} steps/s | return {mean_return:.2f}"
+            print(f"iter {iteration}/{num_iterations} | step {global_step:,} | {sps:,} steps/s | return {mean_return:.2f}"
                   + (f" ({mean_return / bayes_return:.1%} of Bayes-optimal {bayes_return:.2f})" if bayes_return else "")
                   + f" | infonce {loss.item():.3f}", flush=True)
-        if args.eval_every and iteration % args.eval_every == 0 and iteration != args.num_iterations:
+        if args.eval_every and iteration % args.eval_every == 0 and iteration != num_iterations:
             write_eval(iteration)
             if args.save_model:
                 save(iteration)
-        if stop_requested and iteration != args.num_iterations:
+        if stop_requested and iteration != num_iterations:
             if args.save_model:
                 save(iteration)
                 print(f"stopped at iteration {iteration}: continue with --resume {checkpoint_path}")
             raise SystemExit(130)
 
-    write_eval(args.num_iterations, final=True)
+    write_eval(num_iterations, final=True)
     if args.capture_video:
-        record_video(encoder, agent, obs_scaling, args, env_kwargs, device, os.path.join(run_dir, "videos"),
-                     seed=args.seed)
+        envs.protocol.record_video(args.env_id, env_kwargs, lambda n: GreedyPolicy(
+            n, encoder, agent, obs_scaling, action_space, horizon, args, device), os.path.join(run_dir, "videos"), seed=args.seed)
     total = sum(timing.values())
     print("time: " + ", ".join(f"{name} {seconds:.0f}s ({seconds / total:.0%})" for name, seconds in timing.items()))
     if args.save_model:
-        save(args.num_iterations)
+        save(num_iterations)
         print(f"checkpoint: {checkpoint_path}")
     envs_.close()
     writer.close()

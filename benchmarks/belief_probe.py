@@ -10,7 +10,7 @@ probability --epsilon. Every --probe-every updates a small MLP is fitted from (b
 observation) to the exact posterior P(paying goal = goal 0 | history) on held-out episodes of the same explorer
 and of uniformly random behaviour; its R^2 on the other half says how much of the posterior the belief holds.
 A linear fit from the belief alone says whether it holds it in a form a policy reads easily. The result goes to
---output (.md and .json); the checkpoint written to --run-dir, with the VAE frozen (--vae-updates 0) and a fresh
+--output (.md and .json); the checkpoint written to --run-dir, with the VAE frozen (--encoder-updates 0) and a fresh
 policy, lets `dynamite_rl.py --resume` measure how well PPO uses this belief.
 """
 
@@ -34,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import dynamite_rl as dm  # noqa: E402
+import envs.protocol  # noqa: E402
 from envs.gridworld import GridworldVectorEnv  # noqa: E402
 
 
@@ -139,7 +140,7 @@ def main(args: Args) -> dict:
     vae_args = tyro.cli(dm.Args, args=shlex.split(args.extra))
     vae_args.seed = args.seed
     env_kwargs = dm.check_args(vae_args)
-    envs_ = dm.make_envs(vae_args.env_id, vae_args.num_envs, env_kwargs)
+    envs_ = envs.protocol.make_vector_env(vae_args.env_id, vae_args.num_envs, env_kwargs)
     dm.fill_family_defaults(vae_args, envs_)
     if vae_args.env_id != "dynamite/Gridworld-v0":
         raise SystemExit("error: the belief probe needs the Gridworld (its exact posterior is computed here)")
@@ -151,14 +152,14 @@ def main(args: Args) -> dict:
     tests = {"explorer": explorer_episodes(args.test_episodes, args.epsilon, args.seed + 1, env_kwargs)[:2],
              "random": explorer_episodes(args.test_episodes, 1.0, args.seed + 2, env_kwargs)[:2]}
     obs_dim, num_actions = train[0].shape[-1], train[1].shape[-1]
-    vae_args.horizon = train[0].shape[0]
+    horizon = train[0].shape[0]
     encoder, decoder = dm.Encoder(obs_dim, num_actions, vae_args), dm.Decoder(obs_dim, num_actions, vae_args)
     prior_net = dm.LatentDynamicsPrior(vae_args)
     vae_optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters(), *prior_net.parameters()],
-                                     lr=vae_args.vae_learning_rate)
+                                     lr=vae_args.encoder_learning_rate)
     rows, start = [], time.time()
     for update in range(1, args.updates + 1):
-        index = torch.randint(args.train_episodes, (vae_args.vae_batch_episodes,))
+        index = torch.randint(args.train_episodes, (vae_args.encoder_batch_episodes,))
         loss, terms = dm.vae_loss(encoder, decoder, prior_net, tuple(x[:, index] for x in train), vae_args, "cpu")
         vae_optimizer.zero_grad()
         loss.backward()
@@ -174,17 +175,17 @@ def main(args: Args) -> dict:
             print(" | ".join(f"{k} {v}" for k, v in row.items()), flush=True)
 
     # a checkpoint from which dynamite_rl.py trains a fresh policy on this frozen encoder
-    vae_args.vae_updates = 0
+    vae_args.encoder_updates = 0
     agent = dm.Agent(obs_dim, envs_.single_action_space, vae_args)
     envs_.reset(seed=vae_args.seed)
     os.makedirs(args.run_dir, exist_ok=True)
     dm.save_checkpoint(os.path.join(args.run_dir, "checkpoint.pt"),
                        {"encoder": encoder, "decoder": decoder, "prior": prior_net, "agent": agent,
                         "obs_scaling": dm.ObservationScaling(envs_.single_observation_space)},
-                       {"vae": vae_optimizer,
+                       {"encoder": vae_optimizer,
                         "policy": torch.optim.Adam(agent.parameters(), lr=vae_args.learning_rate, eps=1e-5)},
                        vae_args, envs_, {"global_step": 0, "iteration": 0, "evaluations": [],
-                                         "buffer": dm.EpisodeBuffer(1, vae_args.horizon, obs_dim, num_actions, "cpu").state_dict()})
+                                         "buffer": dm.EpisodeBuffer(1, horizon, obs_dim, num_actions, "cpu").state_dict()})
 
     result = {"command": " ".join(["python benchmarks/belief_probe.py", *map(shlex.quote, sys.argv[1:])]),
               "args": asdict(args), "rows": rows}

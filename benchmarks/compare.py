@@ -60,7 +60,7 @@ class Args:
     output: str = "docs/gridworld_comparison"
     """prefix of the written table (.md) and plots (.png)"""
     extra: str = ""
-    """extra flags passed to every run, e.g. --extra='--num-envs 32 --vae-updates 4'"""
+    """extra flags passed to every run, e.g. --extra='--num-envs 32 --encoder-updates 4'"""
     report_only: bool = False
     """train nothing: write the table and plots from the runs already in --runs-dir"""
 
@@ -172,7 +172,7 @@ def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
     panels = [(others, "methods"), (ablations, "ablations")] if len(ablations) > 1 and len(others) > 1 else [
         (list(results), "")]
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
-    phase_starts = {run["args"].get("vae_train_steps") or run["args"].get("cpc_train_steps")
+    phase_starts = {run["args"].get("encoder_train_steps")
                     for runs in results.values() for run in runs} - {None, 0}
     for ax, (methods, title) in zip(axes[0], panels):
         for method in methods:

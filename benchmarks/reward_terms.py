@@ -24,7 +24,7 @@ import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import envs  # noqa: E402,F401  (registers the environments)
+import envs.protocol  # noqa: E402  (registers the environments)
 
 
 @dataclass
@@ -56,7 +56,7 @@ def load(checkpoint_path: str):
 def reward_terms(checkpoint_path: str, episodes: int, seed: int) -> tuple[str, dict[str, float]]:
     algo, args, weights = load(checkpoint_path)
     env = gym.make(args.env_id, **json.loads(args.env_kwargs))
-    space, obs_dim = env.action_space, env.observation_space.shape[0]
+    space, obs_dim, horizon = env.action_space, env.observation_space.shape[0], envs.protocol.horizon(env)
     modules = {"encoder": algo.Encoder(obs_dim, algo.action_size(space), args), "agent": algo.Agent(obs_dim, space, args),
                "obs_scaling": algo.ObservationScaling(env.observation_space)}
     for name, module in modules.items():
@@ -66,12 +66,12 @@ def reward_terms(checkpoint_path: str, episodes: int, seed: int) -> tuple[str, d
     for episode in range(episodes):
         state = algo.BeliefState(1, algo.action_size(space), args, "cpu")
         obs, _ = env.reset(seed=seed + episode)
-        for t in range(args.horizon):
+        for t in range(horizon):
             obs_t = obs_scaling(obs[None])
             belief = state.encode(encoder, obs_t)
             mean, logvar = belief[0], belief[1]
             action, _, _, _ = agent.get_action_and_value(
-                algo.policy_input(agent, obs_t, t, args.horizon, mean, logvar, args), deterministic=True)
+                algo.policy_input(agent, obs_t, t, horizon, mean, logvar, args), deterministic=True)
             obs, reward, _, _, info = env.step(algo.env_action(action, space)[0])
             seen = {k: float(v) for k, v in info.items() if k.startswith("reward_")}
             seen["reward (total)"] = float(reward)

@@ -57,6 +57,19 @@ class GridworldConfig:
         return self.schedule.horizon
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # rewards end up in float32 buffers and networks
+
+
+def check_reward_setting(name: str, value) -> None:
+    """ValueError naming ``name`` unless ``value`` is a real number that float32 holds without overflowing."""
+    try:
+        finite = bool(np.isfinite(float(value))) and abs(float(value)) <= FLOAT32_MAX
+    except (TypeError, ValueError):
+        finite = False
+    if not finite:
+        raise ValueError(f"{name} must be a number finite in float32 (|x| <= {FLOAT32_MAX:.4g}), got {value!r}")
+
+
 def default_transition_matrix(num_goals: int) -> np.ndarray:
     """The paper's latent dynamics generalised to G goals: stay with 0.2, else switch uniformly."""
     if num_goals == 1:
@@ -95,8 +108,7 @@ def make_gridworld_config(
     matrix = validate_transition_matrix(transition_matrix, num_goals)
     sessions = make_schedule(schedule, horizon, session_length, session_prob, num_sessions)
     for name, value in (("goal_reward", goal_reward), ("step_reward", step_reward)):
-        if not np.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        check_reward_setting(name, value)
 
     rows, cols = np.divmod(np.arange(size * size), size)
     coords = np.stack([rows, cols], axis=1)

@@ -6,8 +6,11 @@ it only changes when the agent lands on a goal: the goal either pays (the poster
 is ruled out (the posterior is restricted to the other goals and renormalised). Between sessions it
 moves to posterior @ T. Backward induction over (step, posterior) x (goal cells, agent cell) is
 therefore exact. Values are kept per session, so the table gives each session's expected return under
-the optimal policy. The cost grows with the number of goal tuples (cells^G) and of reachable posteriors
-(about 2^G new ones per session): the defaults take a few seconds.
+the optimal policy. The cost grows with the number of goal tuples C = cells! / (cells - G)! and of
+reachable posteriors (up to 2^G - 1 per start, and every one starts a new posterior in the next session):
+the defaults take about a second, 3 goals on the 5 x 5 grid minutes and gigabytes, 4 goals over a terabyte.
+:func:`solve` counts the posteriors first (:func:`estimate_memory`) and refuses, naming smaller settings
+that would fit, what the memory available cannot hold (:func:`check_fits`).
 
 Policies (``MODES``):
 
@@ -26,6 +29,8 @@ check in the environment itself)::
 
 import itertools
 import json
+import math
+import os
 import sys
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -74,13 +79,186 @@ def fixed_schedule_sessions(config: GridworldConfig) -> tuple[np.ndarray, np.nda
     return done, np.concatenate([[0], np.cumsum(done[:-1])])
 
 
-def solve(config: GridworldConfig, mode: str = "bayes") -> Solution:
-    """Expected return per session of ``mode`` (one of ``MODES``) in the Gridworld of ``config``."""
+@dataclass
+class _Graph:
+    """The forward pass: every posterior each session can reach, and how they lead to one another."""
+
+    posteriors: list[np.ndarray] = field(default_factory=list)
+    paid: dict[tuple[int, int], int] = field(default_factory=dict)
+    unpaid: dict[tuple[int, int], int] = field(default_factory=dict)
+    next_start: dict[tuple[int, int], list[tuple[float, int]]] = field(default_factory=dict)
+    initial: list[tuple[float, int]] = field(default_factory=list)
+    states: list[list[int]] = field(default_factory=list)  # the posterior ids of each session
+    complete: bool = True  # False: stopped early, ``states`` holds only the sessions (and states) counted
+
+
+def _posterior_graph(config: GridworldConfig, mode: str, max_bytes: float = np.inf) -> _Graph:
+    """The forward pass, without value tables; it stops once one session's tables alone would exceed ``max_bytes``."""
+    done, _ = fixed_schedule_sessions(config)
+    num_sessions, num_goals = int(done.sum()), config.num_goals
+    table_bytes = num_goal_sets(config) * config.num_cells * 8  # one posterior's values for one session
+    graph, ids = _Graph(), {}
+
+    def posterior_id(belief: np.ndarray) -> int:
+        belief = belief / belief.sum()
+        key = tuple(np.round(belief, 12))
+        if key not in ids:
+            ids[key] = len(graph.posteriors)
+            graph.posteriors.append(belief)
+        return ids[key]
+
+    def split(belief: np.ndarray) -> list[tuple[float, int]]:
+        if mode == "oracle":  # the oracle is told the new latent as the session starts
+            return [(float(p), posterior_id(np.eye(num_goals)[m])) for m, p in enumerate(belief) if p > 0]
+        return [(1.0, posterior_id(belief))]
+
+    def within_session(starts: set[int], cap: float) -> list[int]:
+        """The starts and every posterior that landing on goals can lead to from them (at most about ``cap``)."""
+        reached, todo = set(starts), list(starts)
+        while todo and len(reached) <= cap:
+            s = todo.pop()
+            for j in np.flatnonzero(graph.posteriors[s] > 0):
+                graph.paid[(s, j)] = posterior_id(np.eye(num_goals)[j])
+                if graph.posteriors[s][j] < 1:
+                    graph.unpaid[(s, j)] = posterior_id(np.where(np.arange(num_goals) == j, 0.0, graph.posteriors[s]))
+                for nxt in (graph.paid[(s, j)], graph.unpaid.get((s, j))):
+                    if nxt is not None and nxt not in reached:
+                        reached.add(nxt)
+                        todo.append(nxt)
+        graph.complete = not todo
+        return sorted(reached)
+
+    marginal = np.full(num_goals, 1.0 / num_goals)
+    graph.initial = split(marginal)
+    starts = {s for _, s in graph.initial}
+    for session in range(num_sessions):
+        graph.states.append(within_session(starts, max_bytes / (table_bytes * (num_sessions - session))))
+        if not graph.complete or session == num_sessions - 1:
+            break
+        marginal = marginal @ config.transition_matrix
+        for s in graph.states[session]:
+            target = marginal if mode == "memoryless" else graph.posteriors[s] @ config.transition_matrix
+            graph.next_start[(session, s)] = split(target)
+        starts = {s for end in graph.states[session] for _, s in graph.next_start[(session, end)]}
+    return graph
+
+
+def num_goal_sets(config: GridworldConfig) -> int:
+    """C, the number of ordered tuples of distinct goal cells: cells! / (cells - G)!."""
+    return math.perm(config.num_cells, config.num_goals)
+
+
+SLACK = 1.15  # the arrays counted below, measured: the peak resident memory is 1.1 times theirs
+
+
+def _peak_bytes(config: GridworldConfig, mode: str, graph: _Graph) -> int:
+    """Bytes :func:`solve` holds at its peak for the sessions ``graph`` counts (all of them when complete)."""
+    done, session_of = fixed_schedule_sessions(config)
+    num_sessions, num_goals = int(done.sum()), config.num_goals
+    sets, cells, actions = num_goal_sets(config), config.num_cells, config.move.shape[1]
+    # goal_sets, goal_at, free, and goal_at_landing with the (tuple, cell, action) triples landing on each goal
+    static = sets * (8 * num_goals + 9 * cells + 9 * cells * actions + 24 * num_goals * actions)
+    peak, policy = static, 0
+    for session in reversed(range(len(graph.states))):
+        states, left = len(graph.states[session]), num_sessions - session
+        if mode != "random":  # one int8 action per (goal tuple, cell) for every step and posterior
+            policy += int((session_of == session).sum()) * states * sets * cells
+        # per posterior: its values (C, cells, left), their entries at the goal cells and at a session's start
+        tables = 8 * states * sets * (cells + num_goals + 1) * left
+        # per posterior in turn: q (C, cells, actions, left), its sum over sessions, the argmax, the new values
+        transient = 8 * sets * cells * (actions * left + actions + left + 2)
+        peak = max(peak, static + policy + tables + transient)
+    return int(SLACK * peak)
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still take: MemAvailable, or a cgroup's limit if lower."""
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:  # a container's memory limit can be far below the machine's
+        with open("/sys/fs/cgroup/memory.max") as f, open("/sys/fs/cgroup/memory.current") as g:
+            available = min(available, int(f.read()) - int(g.read()))
+    except (OSError, ValueError):  # no cgroup v2 limit ("max")
+        pass
+    return available
+
+
+def _graph_within(config: GridworldConfig, mode: str, limit: float) -> _Graph:
+    """The forward pass, or as much of it as shows that :func:`solve` would need more than ``limit`` bytes."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    lower = _Graph(states=[[0]], complete=False)  # the first session holds at least one posterior's values
+    if _peak_bytes(config, mode, lower) > limit:
+        return lower
+    return _posterior_graph(config, mode, limit)
+
+
+def estimate_memory(config: GridworldConfig, mode: str = "bayes", limit: float = np.inf) -> int:
+    """Bytes :func:`solve` would need at its peak; counting stops past ``limit`` (the result then exceeds it)."""
+    return _peak_bytes(config, mode, _graph_within(config, mode, limit))
+
+
+def _gib(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:.1f} GiB"
+
+
+def _fitting_variants(config: GridworldConfig, mode: str, available: int) -> list[str]:
+    """The nearest smaller grid, fewer goals and fewer sessions that fit in ``available`` bytes."""
+    base = dict(size=config.size, num_goals=config.num_goals, transition_matrix=config.transition_matrix,
+                session_length=config.schedule.session_length, horizon=config.horizon,
+                goal_reward=config.goal_reward, step_reward=config.step_reward)
+    length = config.schedule.session_length
+    variants = (
+        [("size", dict(size=n), f"size={n}") for n in range(config.size - 1, 1, -1) if n * n > config.num_goals]
+        + [("goals", dict(num_goals=g, transition_matrix=None), f"num_goals={g}")
+           for g in range(config.num_goals - 1, 1, -1)]
+        + [("sessions", dict(horizon=k * length), f"horizon={k * length} ({k} session{'s' * (k > 1)})")
+           for k in range(-(-config.horizon // length) - 1, 0, -1)]
+    )
+    found = {}
+    for kind, change, label in variants:
+        smaller = make_gridworld_config(**{**base, **change})
+        if kind not in found and estimate_memory(smaller, mode, available) <= available:
+            found[kind] = label
+    return list(found.values())
+
+
+def _checked_graph(config: GridworldConfig, mode: str, available: int | None = None) -> _Graph:
+    """The forward pass; ValueError, with one line saying what would fit, if :func:`solve` would not fit."""
+    available = available_memory() if available is None else available
+    graph = _graph_within(config, mode, available)
+    need = _peak_bytes(config, mode, graph)
+    if need > available:  # a graph cut short already exceeds it, so the one that fits is complete
+        fits = _fitting_variants(config, mode, available)
+        raise ValueError(
+            f"the exact {mode} reference of this Gridworld ({num_goal_sets(config)} goal tuples x {config.num_cells} "
+            f"cells x {sum(map(len, graph.states))}{'' if graph.complete else '+'} posteriors) needs "
+            f"{'about' if graph.complete else 'more than'} {_gib(need)} of memory but only {_gib(available)} is "
+            f"available; " + (f"would fit: {', or '.join(fits)}" if fits else "no nearby smaller setting fits")
+        )
+    return graph
+
+
+def check_fits(config: GridworldConfig, mode: str = "bayes", available: int | None = None) -> None:
+    """ValueError, with a one-line message, unless :func:`solve` fits in ``available`` bytes (default: free memory)."""
+    _checked_graph(config, mode, available)
+
+
+def solve(config: GridworldConfig, mode: str = "bayes") -> Solution:
+    """Expected return per session of ``mode`` (one of ``MODES``) in the Gridworld of ``config``.
+
+    ValueError, before anything big is allocated, if it would not fit in the memory available.
+    """
+    graph = _checked_graph(config, mode)
     done, session_of = fixed_schedule_sessions(config)
     horizon, num_sessions, num_goals = config.horizon, int(done.sum()), config.num_goals
-    num_cells, num_actions = config.num_cells, config.move.shape[1]
+    num_cells = config.num_cells
 
     goal_sets = np.array(list(itertools.permutations(range(num_cells), num_goals)), dtype=np.int64)
     num_sets = len(goal_sets)
@@ -89,93 +267,50 @@ def solve(config: GridworldConfig, mode: str = "bayes") -> Solution:
         goal_at[np.arange(num_sets), goal_sets[:, j]] = j
     free = goal_at < 0
     goal_at_landing = goal_at[:, config.move]  # (C, cells, actions)
+    landing = [np.nonzero(goal_at_landing == j) for j in range(num_goals)]  # (tuple, cell, action) landing on goal j
+    del goal_at_landing
 
-    # forward: every posterior each session can reach, and how a session's end leads to the next start
-    posteriors: list[np.ndarray] = []
-    ids: dict[tuple, int] = {}
-    paid: dict[tuple[int, int], int] = {}
-    unpaid: dict[tuple[int, int], int] = {}
-
-    def posterior_id(belief: np.ndarray) -> int:
-        belief = belief / belief.sum()
-        key = tuple(np.round(belief, 12))
-        if key not in ids:
-            ids[key] = len(posteriors)
-            posteriors.append(belief)
-        return ids[key]
-
-    def split(belief: np.ndarray) -> list[tuple[float, int]]:
-        if mode == "oracle":  # the oracle is told the new latent as the session starts
-            return [(float(p), posterior_id(np.eye(num_goals)[m])) for m, p in enumerate(belief) if p > 0]
-        return [(1.0, posterior_id(belief))]
-
-    def within_session(starts: set[int]) -> list[int]:
-        """The starts and every posterior that landing on goals can lead to from them."""
-        reached, todo = set(starts), list(starts)
-        while todo:
-            s = todo.pop()
-            for j in np.flatnonzero(posteriors[s] > 0):
-                paid[(s, j)] = posterior_id(np.eye(num_goals)[j])
-                if posteriors[s][j] < 1:
-                    unpaid[(s, j)] = posterior_id(np.where(np.arange(num_goals) == j, 0.0, posteriors[s]))
-                for nxt in (paid[(s, j)], unpaid.get((s, j))):
-                    if nxt is not None and nxt not in reached:
-                        reached.add(nxt)
-                        todo.append(nxt)
-        return sorted(reached)
-
-    marginal = np.full(num_goals, 1.0 / num_goals)
-    initial = split(marginal)
-    states = [within_session({s for _, s in initial})]
-    next_start: dict[tuple[int, int], list[tuple[float, int]]] = {}
-    for session in range(num_sessions - 1):
-        marginal = marginal @ config.transition_matrix
-        for s in states[session]:
-            target = marginal if mode == "memoryless" else posteriors[s] @ config.transition_matrix
-            next_start[(session, s)] = split(target)
-        states.append(within_session({s for end in states[session] for _, s in next_start[(session, end)]}))
-
-    # backward: values[id] is (C, cells, K), the expected reward of each session from step t on
-    solution = Solution(config, mode, np.zeros(num_sessions), goal_sets, posteriors, initial, paid, unpaid, next_start)
+    posteriors, paid, unpaid, next_start = graph.posteriors, graph.paid, graph.unpaid, graph.next_start
+    solution = Solution(config, mode, np.zeros(num_sessions), goal_sets, posteriors, graph.initial, paid, unpaid,
+                        next_start)
+    # backward: values[id] is (C, cells, K - session), the expected reward of each session left from step t on;
+    # the sessions already over are not stored, and each table is overwritten in place once the goal-cell entries
+    # that other posteriors read from it are taken, so only one session's tables are held at a time
     values: dict[int, np.ndarray] = {}
     for t in reversed(range(horizon)):
         session = session_of[t]
-        session_end = bool(done[t]) and t < horizon - 1
-        after: dict[int, np.ndarray] = {}  # value after the move, (C, cells, actions, K) by the landing
+        left = num_sessions - session
+        if t == horizon - 1:
+            after = dict.fromkeys(graph.states[session], np.zeros((num_sets, 1, left)))
+        elif done[t]:  # nu_0: the next session starts on a uniformly random free cell
+            after = {}
+            for s in graph.states[session]:
+                total = sum(prob * (values[nxt] * free[..., None]).sum(1) for prob, nxt in next_start[(session, s)])
+                after[s] = np.concatenate([np.zeros((num_sets, 1)), total / free.sum(1, keepdims=True)], 1)[:, None]
+            values = {}
+        else:
+            after = values  # (C, cells, left) by the landing cell, or broadcast over cells: the value after the move
+        after = {s: np.broadcast_to(v, (num_sets, num_cells, left)) for s, v in after.items()}
+        at_goal = {s: v[np.arange(num_sets)[:, None], goal_sets] for s, v in after.items()}  # (C, G, left)
 
-        def continuation(s: int) -> np.ndarray:
-            if s not in after:
-                if t == horizon - 1:
-                    after[s] = np.zeros((1, 1, 1, num_sessions))
-                elif not session_end:
-                    after[s] = values[s][:, config.move]
-                else:  # nu_0: the next session starts on a uniformly random free cell
-                    total = sum(prob * (values[nxt] * free[..., None]).sum(1) for prob, nxt in next_start[(session, s)])
-                    after[s] = (total / free.sum(1, keepdims=True))[:, None, None, :]
-            return after[s]
-
-        new_values = {}
-        for s in states[session]:
+        for s in graph.states[session]:
             posterior = posteriors[s]
-            q = np.broadcast_to(continuation(s), (num_sets, num_cells, num_actions, num_sessions)).copy()
-            p_paid = np.zeros((num_sets, num_cells, num_actions))
+            q = after.pop(s)[:, config.move]  # (C, cells, actions, left), a copy: the old table can go
+            q[..., 0] += config.step_reward
             for j in np.flatnonzero(posterior > 0):
-                on_j = goal_at_landing == j
-                p_paid[on_j] = posterior[j]
-                mixed = posterior[j] * continuation(paid[(s, j)])
+                mixed = posterior[j] * at_goal[paid[(s, j)]][:, j]
                 if (s, j) in unpaid:
-                    mixed = mixed + (1 - posterior[j]) * continuation(unpaid[(s, j)])
-                q[on_j] = np.broadcast_to(mixed, q.shape)[on_j]
-            q[..., session] += p_paid * config.goal_reward + (1 - p_paid) * config.step_reward
+                    mixed = mixed + (1 - posterior[j]) * at_goal[unpaid[(s, j)]][:, j]
+                q[landing[j]] = mixed[landing[j][0]]
+                q[landing[j] + (0,)] += posterior[j] * config.goal_reward + (1 - posterior[j]) * config.step_reward
             if mode == "random":
-                new_values[s] = q.mean(2)
+                values[s] = q.mean(2)
             else:
                 best = q.sum(-1).argmax(2)  # ties go to the lowest action index
                 solution.policy[(t, s)] = best.astype(np.int8)
-                new_values[s] = np.take_along_axis(q, best[..., None, None], 2)[:, :, 0]
-        values = new_values
+                values[s] = np.take_along_axis(q, best[..., None, None], 2)[:, :, 0]
 
-    for prob, s in initial:
+    for prob, s in graph.initial:
         solution.per_session += prob * ((values[s] * free[..., None]).sum(1) / free.sum(1, keepdims=True)).mean(0)
     return solution
 
@@ -349,4 +484,7 @@ def main(args: Args) -> dict:
 if __name__ == "__main__":
     import tyro
 
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except ValueError as error:  # a bad setting, or a reference too big for this machine: one line, no traceback
+        raise SystemExit(f"error: {error}")

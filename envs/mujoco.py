@@ -28,6 +28,16 @@ from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
 from envs.dlcmdp import EpisodeSessions, validate_transition_matrix
 
 CONTROL_COST = 0.05  # weight of ||a||_2 in every reward here (paper Appendix D.2)
+# gymnasium's reward weights: the DLCMDP rewards here are the paper's, so a weight given would change nothing
+REWARD_WEIGHTS = ("reward_dist_weight", "reward_control_weight", "forward_reward_weight", "ctrl_cost_weight")
+
+
+def check_reward_weights(kwargs: dict[str, Any]) -> None:
+    """ValueError naming the first of ``REWARD_WEIGHTS`` in ``kwargs``: refused rather than silently ignored."""
+    for name in REWARD_WEIGHTS:
+        if name in kwargs:
+            raise ValueError(f"{name} is not a setting of this DLCMDP: its reward is fixed (paper Appendix D.2), "
+                             f"got {name}={kwargs[name]!r}")
 
 
 class DLCMDPReacherEnv(EpisodeSessions, ReacherEnv):
@@ -35,6 +45,7 @@ class DLCMDPReacherEnv(EpisodeSessions, ReacherEnv):
 
     def __init__(self, horizon: int = 400, schedule: str = "fixed", session_length: int = 50,
                  session_prob: float = 1 / 50, num_sessions: int = 8, random_phase: bool = False, **kwargs: Any):
+        check_reward_weights(kwargs)  # before the model loads
         ReacherEnv.__init__(self, **kwargs)
         self._init_sessions(horizon, schedule, session_length, session_prob, num_sessions, random_phase)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(8,), dtype=np.float64)
@@ -89,6 +100,7 @@ class _DLCMDPHalfCheetah(EpisodeSessions, HalfCheetahEnv):
 
     def __init__(self, horizon: int = 400, schedule: str = "fixed", session_length: int = 50,
                  session_prob: float = 1 / 50, num_sessions: int = 8, random_phase: bool = False, **kwargs: Any):
+        check_reward_weights(kwargs)  # before the model loads
         HalfCheetahEnv.__init__(self, **kwargs)
         self._init_sessions(horizon, schedule, session_length, session_prob, num_sessions, random_phase)
         self._torso = self.model.body("torso").id

@@ -17,13 +17,11 @@ VAE_SCRIPTS = ["dynamite_rl.py", "varibad.py"]  # the ones that learn a belief w
 # a tiny budget that still exercises every part of a training script: 2 iterations of 8 episodes
 _TINY = ["--num-envs", "8", "--num-minibatches", "2", "--total-timesteps", "960", "--eval-episodes", "16",
          "--log-every", "1"]
-ENCODER_STEPS = {"dynamite_rl.py": ["--vae-updates", "2", "--vae-batch-episodes", "8"],
-                  "varibad.py": ["--vae-updates", "2", "--vae-batch-episodes", "8"],
-                  "contrabar.py": ["--cpc-updates", "2", "--cpc-batch-episodes", "8"]}
+ENCODER_STEPS = {script: ["--encoder-updates", "2", "--encoder-batch-episodes", "8"]
+                 for script in ("dynamite_rl.py", "varibad.py", "contrabar.py")}
 TINY = {script: _TINY + ENCODER_STEPS.get(script, []) for script in SCRIPTS}
 # the scripts with a separately trained encoder, and the flag that ends its phase
-PHASE_FLAG = {"dynamite_rl.py": "--vae-train-steps", "varibad.py": "--vae-train-steps",
-              "contrabar.py": "--cpc-train-steps"}
+PHASE_FLAG = {script: "--encoder-train-steps" for script in ("dynamite_rl.py", "varibad.py", "contrabar.py")}
 
 
 def discrete_args(module, **overrides):

@@ -66,7 +66,7 @@ def test_the_belief_probe_writes_results_and_a_checkpoint_dynamite_rl_resumes(tm
                               str(tmp_path / "run" / "checkpoint.pt"), "--total-timesteps", "960"],
                              capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert '"vae_updates": 0' in (tmp_path / "run" / "eval.json").read_text()
+    assert '"encoder_updates": 0' in (tmp_path / "run" / "eval.json").read_text()
 
 
 @pytest.mark.parametrize("env_id", ["dynamite/HalfCheetahVel-v0", "dynamite/Gridworld-v0"])  # Box and Discrete
@@ -74,7 +74,7 @@ def test_throughput_writes_its_table(tmp_path, env_id):
     output = tmp_path / "throughput.md"
     command = [sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--env-id", env_id,
                "--scripts", "dynamite_rl.py", "varibad.py", "--num-envs", "4", "--iterations", "1", "--seconds", "0.2",
-               "--output", str(output), "--extra=--eval-episodes 2 --vae-updates 1 --vae-batch-episodes 4 "
+               "--output", str(output), "--extra=--eval-episodes 2 --encoder-updates 1 --encoder-batch-episodes 4 "
                "--num-minibatches 2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -89,7 +89,7 @@ def test_the_comparison_runs_on_a_mujoco_environment_without_gridworld_reference
     command = [sys.executable, os.path.join(ROOT, "benchmarks", "compare.py"), "--env-id", "dynamite/Reacher-v0",
                "--methods", "dynamite", "varibad", "--seeds", "1", "--total-timesteps", "3200", "--eval-every", "1",
                "--runs-dir", str(tmp_path / "runs"), "--output", str(tmp_path / "reacher"),
-               "--extra=--num-envs 4 --num-minibatches 2 --eval-episodes 2 --vae-batch-episodes 4"]
+               "--extra=--num-envs 4 --num-minibatches 2 --eval-episodes 2 --encoder-batch-episodes 4"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     table = (tmp_path / "reacher.md").read_text()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import dynamite_rl
+import envs.protocol
 from conftest import ENCODER_STEPS, PHASE_FLAG, SCRIPTS, run_script
 
 # environment -> its sessions per episode at the defaults
@@ -50,7 +51,7 @@ def test_a_saved_agent_evaluates_exactly_as_the_run_evaluated_it(tmp_path):
     final = json.load(open(os.path.join(run_dir, "eval.json")))["evaluations"][-1]
     checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
     args = dynamite_rl.Args(**checkpoint["args"])
-    envs_ = dynamite_rl.make_envs(args.env_id, 1, {})
+    envs_ = envs.protocol.make_vector_env(args.env_id, 1, {})
     obs_dim, space = envs_.single_observation_space.shape[0], envs_.single_action_space
     modules = {"encoder": dynamite_rl.Encoder(obs_dim, space.shape[0], args),
                "agent": dynamite_rl.Agent(obs_dim, space, args),
@@ -58,8 +59,9 @@ def test_a_saved_agent_evaluates_exactly_as_the_run_evaluated_it(tmp_path):
     for name, module in modules.items():
         module.load_state_dict(checkpoint["modules"][name])
     assert modules["obs_scaling"].unbounded.all() and not torch.all(modules["obs_scaling"].scale == 1)
-    result = dynamite_rl.evaluate(modules["encoder"], modules["agent"], modules["obs_scaling"], args, {}, "cpu",
-                                  args.eval_episodes, consecutive=5, seed=args.seed + 1_000_000)
+    result = envs.protocol.evaluate(args.env_id, {}, lambda n: dynamite_rl.GreedyPolicy(
+        n, modules["encoder"], modules["agent"], modules["obs_scaling"], space, 400, args, "cpu"),
+        args.eval_episodes, consecutive=5, seed=args.seed + 1_000_000)
     assert result["return"] == final["return"]
     assert result["consecutive_episode_returns"] == final["consecutive_episode_returns"]
 
@@ -67,7 +69,7 @@ def test_a_saved_agent_evaluates_exactly_as_the_run_evaluated_it(tmp_path):
 @pytest.mark.parametrize("env_id", ["dynamite/HalfCheetahVel-v0", "dynamite/ScratchItch-v0"])
 def test_capture_video_records_mujoco_and_pybullet_headless(env_id, tmp_path):
     flags = ["--num-envs", "2", "--num-minibatches", "1", "--total-timesteps", "200", "--eval-episodes", "2",
-             "--vae-train-steps", "0", "--capture-video", "--env-kwargs", '{"horizon": 100, "session_length": 25}']
+             "--encoder-train-steps", "0", "--capture-video", "--env-kwargs", '{"horizon": 100, "session_length": 25}']
     run_dir = run_script("dynamite_rl.py", *flags, "--env-id", env_id, cwd=tmp_path)
     videos = [f for f in os.listdir(os.path.join(run_dir, "videos")) if f.endswith(".mp4")]
     assert videos and all(os.path.getsize(os.path.join(run_dir, "videos", f)) > 1000 for f in videos)

@@ -277,6 +277,10 @@ def test_stepping_past_the_horizon_is_an_error():
         (dict(size=0), "size.*positive"),
         (dict(size=-3), "size.*positive"),
         (dict(goal_reward=float("nan")), "goal_reward"),
+        (dict(goal_reward=1e39), r"goal_reward must be a number finite in float32 \(\|x\| <= 3.403e\+38\), got 1e\+39"),
+        (dict(step_reward=-1e308), "step_reward.*finite in float32"),
+        (dict(step_reward=float("inf")), "step_reward.*finite in float32"),
+        (dict(goal_reward="high"), "goal_reward.*finite in float32"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, argument):
@@ -284,3 +288,11 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, argument):
         gym.make(ENV_ID, **kwargs)
     with pytest.raises(ValueError, match=argument):
         gym.make_vec(ENV_ID, num_envs=2, **kwargs)
+
+
+def test_huge_rewards_that_float32_holds_are_paid_as_given():
+    """The environment takes them; a learner that cannot cope has to stop on its own non-finite losses."""
+    actions = np.random.default_rng(0).integers(5, size=(60, 64))
+    record, _ = rollout_batched(64, seed=0, actions=actions, goal_reward=3.4e38, step_reward=-1e20)
+    assert set(record["reward"].ravel().tolist()) == {3.4e38, -1e20}
+    assert np.isfinite(record["reward"].astype(np.float32)).all()

@@ -1,13 +1,25 @@
 """The exact Bayes-optimal, oracle, memoryless and random returns of the Gridworld."""
 
 import itertools
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
 from functools import lru_cache
 
 import numpy as np
 import pytest
 
 from envs.gridworld import make_gridworld_config
-from envs.gridworld_reference import MODES, main, reference_returns, simulate, solve, Args
+from envs.gridworld_reference import (MODES, Args, cached_solution, check_fits, estimate_memory, main,
+                                      reference_returns, simulate, solve)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the latent moves on a cycle, so each session multiplies the reachable posteriors: 13800 goal tuples x 466
+# posteriors, 3.1 GiB estimated for the Bayes-optimal policy (3.0 GiB peak resident memory measured, in 5 minutes)
+CYCLE = dict(num_goals=3, transition_matrix=[[0.05, 0.9, 0.05], [0.05, 0.05, 0.9], [0.9, 0.05, 0.05]])
+HUGE = dict(size=7, num_goals=4)  # 5085024 goal tuples: more than a machine's memory for a single posterior
 
 
 def test_default_values_match_the_spec():
@@ -145,3 +157,42 @@ def test_command_prints_the_table(capsys, tmp_path):
     assert '"bayes"' in json_out.read_text() and "| Bayes-optimal |" in markdown_out.read_text()
     simulated = table["bayes"]["simulated"]
     assert abs(simulated["mean"] - table["bayes"]["total"]) < 4 * simulated["stderr"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_memory_estimate_is_close_to_the_peak_allocation(mode):
+    config = make_gridworld_config(size=4, num_goals=3, session_length=4, horizon=8)
+    tracemalloc.start()
+    try:
+        solve(config, mode)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # 1.2 to 1.4 times the peak that tracemalloc sees, which leaves out the allocator's slack the estimate adds
+    assert peak / 2 < estimate_memory(config, mode) < 2 * peak
+
+
+def test_a_reference_too_big_for_the_memory_is_refused_at_once_with_what_would_fit():
+    start = time.perf_counter()
+    config = make_gridworld_config(**CYCLE)
+    assert 2 * 2**30 < estimate_memory(config) < 4 * 2**30
+    check_fits(config, available=8 * 2**30)
+    with pytest.raises(ValueError, match=r"needs about 3\.1 GiB of memory but only 1\.0 GiB is available; would fit: "
+                                         r"size=4, or num_goals=2, or horizon=45 \(3 sessions\)$"):
+        check_fits(config, available=2**30)
+    message = (  # which smaller settings fit depends on the memory
+               r"^the exact bayes reference of this Gridworld \(5085024 goal tuples .* needs more than [0-9.]+ GiB "
+               r"of memory but only [0-9.]+ GiB is available; would fit: size=\d, or num_goals=\d$")
+    for call in (lambda: solve(make_gridworld_config(**HUGE)), lambda: cached_solution(HUGE, "bayes")):
+        with pytest.raises(ValueError, match=message) as error:
+            call()
+        assert "\n" not in str(error.value)
+    assert time.perf_counter() - start < 5
+
+
+def test_the_command_refuses_in_one_line_without_a_traceback():
+    command = [sys.executable, "-m", "envs.gridworld_reference", "--size", "7", "--num-goals", "4"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.startswith("error: the exact bayes reference") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr

@@ -1,4 +1,7 @@
-"""The MuJoCo DLCMDPs: gymnasium's checks, determinism, sessions, a hidden latent, and a wind that pushes."""
+"""The MuJoCo DLCMDPs: gymnasium's checks, determinism, sessions, a hidden latent, a wind that pushes, and reward
+weights refused rather than ignored."""
+
+import re
 
 import gymnasium as gym
 import numpy as np
@@ -115,3 +118,16 @@ def test_keep_task_continues_the_task_into_the_next_episode():
     assert np.isclose(np.linalg.norm(second[0]["latent"]), radius)
     _, _, fresh = rollout(env, None, 400)
     assert fresh[0]["session"] == 0 and not np.isclose(np.linalg.norm(fresh[0]["latent"]), radius)
+
+
+@pytest.mark.parametrize("env_id,kwargs", [
+    ("dynamite/Reacher-v0", {"reward_dist_weight": 2.0}),
+    ("dynamite/Reacher-v0", {"reward_control_weight": float("nan")}),
+    ("dynamite/HalfCheetahDir-v0", {"forward_reward_weight": float("inf")}),
+    ("dynamite/HalfCheetahWindVel-v0", {"ctrl_cost_weight": -1e308}),
+])
+def test_gymnasium_reward_weights_are_refused_rather_than_ignored(env_id, kwargs):
+    (name, value), = kwargs.items()
+    message = rf"^{name} is not a setting of this DLCMDP: its reward is fixed .*, got {name}={re.escape(repr(value))}$"
+    with pytest.raises(ValueError, match=message):
+        gym.make(env_id, **kwargs)

@@ -4,18 +4,22 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+import envs.protocol
 import rl2
 from conftest import discrete_args
 
 
 def episode(seed: int = 0, num_envs: int = 3):
     """A random-action episode of the Gridworld as the script records one: (obs, actions, rewards, ends)."""
-    envs_ = rl2.make_envs("dynamite/Gridworld-v0", num_envs, {})
+    envs_ = envs.protocol.make_vector_env("dynamite/Gridworld-v0", num_envs, {})
     envs_.reset(seed=seed)
     np.random.seed(seed)
-    obs, actions, rewards, _, session_done = rl2.random_episodes(
-        envs_, discrete_args(rl2, horizon=60), rl2.ObservationScaling(envs_.single_observation_space), "cpu")
-    return obs, actions, rewards, session_done
+    scaling, space = rl2.ObservationScaling(envs_.single_observation_space), envs_.single_action_space
+    steps = envs.protocol.random_episode(envs_, 60)
+    obs = torch.stack([scaling(step[0]) for step in steps])
+    actions = torch.stack([rl2.action_features(torch.as_tensor(step[1]), space) for step in steps])
+    rewards = torch.stack([torch.as_tensor(step[2], dtype=torch.float32) for step in steps])
+    return obs, actions, rewards, torch.as_tensor(np.stack([step[4] for step in steps]))
 
 
 def test_the_memory_is_not_reset_at_a_session_end():

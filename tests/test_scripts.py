@@ -15,6 +15,7 @@ from torch.distributions import Normal, kl_divergence
 
 import contrabar
 import dynamite_rl
+import envs.protocol
 import rl2
 import varibad
 from conftest import PHASE_FLAG, ROOT, SCRIPTS, TINY, VAE_SCRIPTS, discrete_args, run_script
@@ -156,12 +157,6 @@ def test_the_policy_phase_freezes_the_encoder_and_starts_a_fresh_policy(encoder_
         assert after["modules"]["agent"]["belief_rms.count"].item() == pytest.approx(2 * 4 * 60, abs=1e-3)
 
 
-def test_random_episodes_must_fill_whole_iterations(vae_script, tmp_path):
-    with pytest.raises(SystemExit, match="--vae-random-episodes 12 must be a multiple of --num-envs 8"):
-        run_script(vae_script, "--num-envs", "8", "--num-minibatches", "2", "--vae-random-episodes", "12", cwd=tmp_path)
-    assert not (tmp_path / "runs").exists()
-
-
 def test_tracking_with_wandb_offline(script, tmp_path):
     run_dir = run_script(script, *TINY[script], "--track", "--wandb-group", "test", cwd=tmp_path)
     assert os.path.exists(os.path.join(run_dir, "eval.json"))
@@ -234,25 +229,6 @@ def test_episode_buffer_keeps_the_last_episodes_and_samples_time_major(vae_algo)
     assert all(torch.equal(restored.fields[k], buffer.fields[k]) for k in buffer.fields)
 
 
-def test_random_episodes_are_whole_episodes_of_the_environment(vae_algo):
-    args = discrete_args(vae_algo, num_envs=4, horizon=60)
-    envs_ = vae_algo.make_envs(args.env_id, 4, {})
-    envs_.reset(seed=0)
-    scaling = vae_algo.ObservationScaling(envs_.single_observation_space)
-    obs, actions, rewards, next_obs, session_done = vae_algo.random_episodes(envs_, args, scaling, "cpu")
-    assert obs.shape == (60, 4, 6) and actions.shape == (60, 4, 5) and rewards.shape == (60, 4)
-    assert (actions.sum(-1) == 1).all() and obs.abs().max() <= 1.0
-    assert session_done.sum(0).tolist() == [4, 4, 4, 4]  # the fixed schedule: 4 sessions each
-    torch.testing.assert_close(obs[1:][~session_done[:-1]], next_obs[:-1][~session_done[:-1]])
-    assert torch.isclose(rewards[:, :, None], torch.tensor([1.0, -0.1])).any(-1).all()
-
-
-def test_random_episodes_count_as_env_steps(vae_script, tmp_path):
-    run_dir = run_script(vae_script, *TINY[vae_script], "--total-timesteps", "1920", "--vae-random-episodes", "8", cwd=tmp_path)
-    final = json.load(open(os.path.join(run_dir, "eval.json")))["evaluations"][-1]
-    assert final["global_step"] == 1920 and final["iteration"] == 2
-
-
 def test_decoding_the_mean_ignores_the_belief_variance(vae_algo):
     torch.manual_seed(0)
     args = discrete_args(vae_algo, latent_dim=3)
@@ -285,20 +261,19 @@ def test_the_reward_decoder_reads_the_state_the_transition_lands_in(vae_algo):
     assert state is None
     torch.testing.assert_close(decoder(latent, torch.randn(4, 6), action.flip(0), next_obs)[0], reward)
     assert not torch.allclose(decoder(latent, obs, action, torch.randn(4, 6))[0], reward)
-    full = vae_algo.Decoder(6, 5, discrete_args(vae_algo, latent_dim=3, decoder_prev_state=True, decoder_action=True, state_decoder=True))
+    full = vae_algo.Decoder(6, 5, discrete_args(vae_algo, latent_dim=3, state_decoder=True))
     reward, state = full(latent, obs, action, next_obs)
-    assert state.shape == (4, 6) and not torch.allclose(full(latent, obs, action.flip(0), next_obs)[0], reward)
+    assert state.shape == (4, 6) and torch.equal(full(latent, obs, action.flip(0), next_obs)[0], reward)
+    assert not torch.allclose(full(latent, obs, action.flip(0), next_obs)[1], state)  # s_{t+1} from (s_t, a_t, m)
 
 
 @pytest.mark.parametrize("env_id, expected", [
-    ("dynamite/Gridworld-v0", {"ent_coef": 0.01, "vae_updates": 8, "cpc_updates": 8, "vae_train_steps": 4_000_000,
-                               "cpc_train_steps": 4_000_000, "latent_dim": 5}),
-    ("dynamite/HalfCheetahVel-v0", {"ent_coef": 0.05, "vae_updates": 2, "cpc_updates": 2, "vae_train_steps": 0,
-                                    "cpc_train_steps": 0, "latent_dim": 16}),
-    ("dynamite/ScratchItch-v0", {"ent_coef": 0.01, "vae_updates": 2, "vae_train_steps": 0, "latent_dim": 16}),
+    ("dynamite/Gridworld-v0", {"ent_coef": 0.01, "encoder_updates": 8, "encoder_train_steps": 4_000_000, "latent_dim": 5}),
+    ("dynamite/HalfCheetahVel-v0", {"ent_coef": 0.05, "encoder_updates": 2, "encoder_train_steps": 0, "latent_dim": 16}),
+    ("dynamite/ScratchItch-v0", {"ent_coef": 0.01, "encoder_updates": 2, "encoder_train_steps": 0, "latent_dim": 16}),
 ])
 def test_unset_settings_take_their_environment_family_value_and_given_ones_stay(algo, env_id, expected):
-    envs_ = algo.make_envs(env_id, 1, {})
+    envs_ = envs.protocol.make_vector_env(env_id, 1, {})
     args = algo.Args(env_id=env_id)
     algo.fill_family_defaults(args, envs_)
     for name, value in expected.items():

@@ -1,0 +1,148 @@
+"""What every algorithm script of the library shares about its environments: making them from the command line's
+settings, their horizon and generators, the exact reference return where one exists, and the one evaluation
+protocol, driven by a policy callback so that every method is evaluated by the very same code.
+
+A policy for :func:`evaluate` and :func:`record_video` is made by ``make_policy(num_envs)`` and has two methods:
+``act(obs, t) -> actions`` (a batch of observations at step t of the episode, as numpy arrays) and
+``observe(rewards, info)`` (what the step returned, ``info`` batched as a vector env's).
+"""
+
+import json
+import os
+
+import gymnasium as gym
+import numpy as np
+
+
+def parse_env_settings(env_id: str, env_kwargs: str) -> dict:
+    """The constructor arguments ``env_kwargs`` (JSON) of ``env_id``; ValueError with one line if either is wrong."""
+    if env_id not in gym.registry:
+        known = sorted(name for name in gym.registry if name.startswith("dynamite/"))
+        raise ValueError(f"unknown --env-id {env_id!r}; known environments: {', '.join(known)}")
+    try:
+        kwargs = json.loads(env_kwargs)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--env-kwargs is not valid JSON ({error}): {env_kwargs!r}") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--env-kwargs must be a JSON object, got {env_kwargs!r}")
+    return kwargs
+
+
+def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict) -> gym.vector.VectorEnv:
+    """Lock-step environments without autoreset: every iteration resets them and plays whole episodes. A setting
+    the environment rejects is a ValueError naming it."""
+    try:
+        if gym.spec(env_id).vector_entry_point is not None:
+            return gym.make_vec(env_id, num_envs=num_envs, autoreset_mode="Disabled", **env_kwargs)
+        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
+                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.DISABLED}, **env_kwargs)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"cannot make {env_id} with --env-kwargs {json.dumps(env_kwargs)}: {error}") from None
+
+
+def horizon(env) -> int:
+    """The episode length H of an environment, or of a batch of them (the same in all)."""
+    unwrapped = env.envs[0].unwrapped if hasattr(env, "envs") else env.unwrapped
+    return unwrapped.config.horizon if hasattr(unwrapped, "config") else unwrapped.horizon
+
+
+def _generators(vector_env) -> list:
+    if hasattr(vector_env.unwrapped, "_rngs"):  # the batched Gridworld
+        return vector_env.unwrapped._rngs
+    return [env.unwrapped.np_random for env in vector_env.envs]
+
+
+def generator_states(vector_env) -> list[dict]:
+    """The states of the environments' random generators, as plain data (a checkpoint saves them)."""
+    return [rng.bit_generator.state for rng in _generators(vector_env)]
+
+
+def set_generator_states(vector_env, states: list[dict]) -> None:
+    """Restore what :func:`generator_states` returned (after a reset, which creates the generators)."""
+    for rng, state in zip(_generators(vector_env), states, strict=True):
+        rng.bit_generator.state = state
+
+
+def latent_changes_dynamics(env_id: str) -> bool:
+    """Whether the environment class says that its transition dynamics (not only its reward) depend on the latent."""
+    creator = gym.envs.registration.load_env_creator(gym.spec(env_id).entry_point)
+    return bool(getattr(creator, "latent_changes_dynamics", False))
+
+
+def bayes_optimal_return(env_id: str, env_kwargs: dict) -> float | None:
+    """The exact Bayes-optimal return where the library has it (Gridworld with a fixed schedule), else None; a
+    reference that would not fit in memory is skipped with a line saying why, not waited for."""
+    if env_id != "dynamite/Gridworld-v0" or env_kwargs.get("schedule", "fixed") != "fixed":
+        return None
+    from envs.gridworld_reference import cached_solution
+
+    try:
+        return cached_solution(env_kwargs, "bayes").total
+    except ValueError as error:
+        print(f"no Bayes-optimal reference: {error}")
+        return None
+
+
+def random_episode(vector_env, episode_horizon: int) -> list[tuple]:
+    """One episode of uniformly random actions (numpy's global generator) in every environment, as a list of
+    (obs, actions, rewards, next obs, session ends) per step."""
+    space = vector_env.single_action_space
+    next_obs, _ = vector_env.reset()
+    steps = []
+    for _ in range(episode_horizon):
+        if isinstance(space, gym.spaces.Discrete):
+            action = np.random.randint(space.n, size=vector_env.num_envs)
+        else:
+            action = np.random.uniform(space.low, space.high, size=(vector_env.num_envs, *space.shape)).astype(space.dtype)
+        obs = next_obs
+        next_obs, reward, _, _, info = vector_env.step(action)
+        steps.append((obs, action, reward, next_obs, info["session_done"]))
+    return steps
+
+
+def evaluate(env_id: str, env_kwargs: dict, make_policy, num_episodes: int, consecutive: int = 1,
+             seed: int = 0) -> dict:
+    """Greedy returns: mean and per session over ``num_episodes`` episodes, then ``consecutive`` episodes back to
+    back in the same task (goals kept, the latent's dynamics and whatever the policy carries go on)."""
+    eval_envs = make_vector_env(env_id, num_episodes, env_kwargs)
+    episode_horizon = horizon(eval_envs)
+    policy = make_policy(num_episodes)
+    obs, _ = eval_envs.reset(seed=seed)
+    episode_returns = []
+    for episode in range(consecutive):
+        if episode > 0:
+            obs, _ = eval_envs.reset(options={"keep_task": True})
+        total = np.zeros(num_episodes)
+        session_returns = np.zeros((num_episodes, episode_horizon))
+        num_sessions = 0
+        for t in range(episode_horizon):
+            obs, reward, _, _, info = eval_envs.step(policy.act(obs, t))
+            total += reward
+            session_returns[np.arange(num_episodes), info["session"]] += reward
+            num_sessions = max(num_sessions, int(info["session"].max()) + 1)
+            policy.observe(reward, info)
+        episode_returns.append(float(total.mean()))
+        if episode == 0:
+            first_return, per_session = total, session_returns[:, :num_sessions].mean(0).tolist()
+    eval_envs.close()
+    return {
+        "return": float(first_return.mean()),
+        "return_std": float(first_return.std()),
+        "return_per_session": per_session,
+        "consecutive_episode_returns": episode_returns,
+        "episodes": num_episodes,
+    }
+
+
+def record_video(env_id: str, env_kwargs: dict, make_policy, folder: str, seed: int = 0) -> None:
+    """One greedy episode, rendered to an mp4 in ``folder`` (the rendering shows the latent: the paying goal, the
+    Reacher's target)."""
+    os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless
+    env = gym.wrappers.RecordVideo(gym.make(env_id, render_mode="rgb_array", **env_kwargs), folder,
+                                   episode_trigger=lambda episode: True, name_prefix="eval")
+    policy = make_policy(1)
+    obs, _ = env.reset(seed=seed)
+    for t in range(horizon(env)):
+        obs, reward, _, _, info = env.step(policy.act(obs[None], t)[0])
+        policy.observe(np.array([reward]), {key: np.array([value]) for key, value in info.items()})
+    env.close()
