@@ -8,7 +8,6 @@ import dataclasses
 import json
 import math
 import os
-import pickle
 import random
 import signal
 import time
@@ -326,6 +325,17 @@ def cpc_loss(encoder, predictor, batch, args, device):
     targets = predictor.embed(rewards[steps], next_obs[steps])
     loss = infonce_loss(queries, targets, valid)
     return loss, {"infonce": loss}
+
+
+def cpc_update(encoder, predictor, optimizer, batch, args, device, iteration: int):
+    """One gradient step of the encoder on ``batch``, its gradient clipped to --max-grad-norm; returns (loss, terms)."""
+    loss, terms = cpc_loss(encoder, predictor, batch, args, device)
+    optimizer.zero_grad()
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], args.max_grad_norm)
+    check_finite(iteration, **{f"{name} loss": value for name, value in terms.items()}, encoder_gradient_norm=grad_norm)
+    optimizer.step()
+    return loss, terms
 
 
 def compute_gae(rewards, values, next_values, episode_ends, gamma: float, gae_lambda: float):
@@ -749,13 +759,8 @@ if __name__ == "__main__":
             buffer.add(obs, action_features(actions, action_space), rewards, next_obs_buf, session_done)
         loss, terms = torch.zeros(()), {}
         for _ in range(0 if policy_phase else args.encoder_updates):
-            loss, terms = cpc_loss(encoder, predictor, buffer.sample(args.encoder_batch_episodes), args, device)
-            encoder_optimizer.zero_grad()
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_([p for g in encoder_optimizer.param_groups for p in g["params"]],
-                                                 args.max_grad_norm)
-            check_finite(iteration, **{f"{name} loss": value for name, value in terms.items()}, encoder_gradient_norm=grad_norm)
-            encoder_optimizer.step()
+            loss, terms = cpc_update(encoder, predictor, encoder_optimizer, buffer.sample(args.encoder_batch_episodes), args,
+                                     device, iteration)
         timing["encoder"] += time.time() - tick
 
         # ALGO LOGIC: PPO on the history-augmented states; the horizon is the task's end, so no bootstrap

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import math
 import os
-import pickle
 import random
 import signal
 import time
@@ -519,6 +518,17 @@ def vae_loss(encoder, decoder, prior_net, batch, args, device):
     return loss, terms
 
 
+def vae_update(encoder, decoder, prior_net, optimizer, batch, args, device, iteration: int):
+    """One gradient step of the VAE on ``batch``, its gradient clipped to --max-grad-norm; returns (loss, terms)."""
+    loss, terms = vae_loss(encoder, decoder, prior_net, batch, args, device)
+    optimizer.zero_grad()
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], args.max_grad_norm)
+    check_finite(iteration, **{f"{name} loss": value for name, value in terms.items()}, encoder_gradient_norm=grad_norm)
+    optimizer.step()
+    return loss, terms
+
+
 class EpisodeBuffer:
     """A ring buffer of whole episodes for VAE training, stored (capacity, H, ...) and sampled as (H, batch, ...)."""
 
@@ -904,13 +914,8 @@ if __name__ == "__main__":
             buffer.add(obs, action_features(actions, action_space), rewards, next_obs_buf, session_done)
         loss, terms = torch.zeros(()), {}
         for _ in range(0 if policy_phase else args.encoder_updates):
-            loss, terms = vae_loss(encoder, decoder, prior_net, buffer.sample(args.encoder_batch_episodes), args, device)
-            encoder_optimizer.zero_grad()
-            loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_([p for g in encoder_optimizer.param_groups for p in g["params"]],
-                                                 args.max_grad_norm)
-            check_finite(iteration, **{f"{name} loss": value for name, value in terms.items()}, encoder_gradient_norm=grad_norm)
-            encoder_optimizer.step()
+            loss, terms = vae_update(encoder, decoder, prior_net, encoder_optimizer, buffer.sample(args.encoder_batch_episodes), args,
+                                     device, iteration)
         timing["encoder"] += time.time() - tick
 
         # ALGO LOGIC: PPO on the belief-augmented states; the horizon is the task's end, so no bootstrap

@@ -8,7 +8,6 @@ import dataclasses
 import json
 import math
 import os
-import pickle
 import random
 import signal
 import time

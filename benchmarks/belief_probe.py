@@ -31,11 +31,10 @@ import torch.nn.functional as F
 import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
-import dynamite_rl as dm  # noqa: E402
-import envs.protocol  # noqa: E402
-from envs.gridworld import GridworldVectorEnv  # noqa: E402
+import dynamite_rl as dm
+import envs.protocol
+from envs.gridworld import GridworldVectorEnv
 
 
 @dataclass
@@ -160,11 +159,8 @@ def main(args: Args) -> dict:
     rows, start = [], time.time()
     for update in range(1, args.updates + 1):
         index = torch.randint(args.train_episodes, (vae_args.encoder_batch_episodes,))
-        loss, terms = dm.vae_loss(encoder, decoder, prior_net, tuple(x[:, index] for x in train), vae_args, "cpu")
-        vae_optimizer.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_([p for g in vae_optimizer.param_groups for p in g["params"]], vae_args.max_grad_norm)
-        vae_optimizer.step()
+        loss, terms = dm.vae_update(encoder, decoder, prior_net, vae_optimizer, tuple(x[:, index] for x in train),
+                                    vae_args, "cpu", update)
         if update % args.probe_every == 0 or update == args.updates:
             row = {"updates": update, "seconds": round(time.time() - start, 1),
                    **{k: round(v.item(), 4) for k, v in terms.items()}}

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 # name -> (label, script, extra flags)
 METHODS = {

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import envs  # noqa: E402,F401  (registers the environments)
-from envs.gridworld import GridworldEnv, GridworldVectorEnv  # noqa: E402
+import envs  # noqa: F401  (registers the environments)
+from envs.gridworld import GridworldEnv, GridworldVectorEnv
 
 
 @dataclass

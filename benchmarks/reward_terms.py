@@ -23,8 +23,7 @@ import torch
 import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import envs.protocol  # noqa: E402  (registers the environments)
+import envs.protocol  # registers the environments
 
 
 @dataclass

@@ -28,8 +28,7 @@ import gymnasium as gym
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import envs  # noqa: E402,F401  (registers the environments)
+import envs  # noqa: F401  (registers the environments)
 
 
 @dataclass
