@@ -843,6 +843,10 @@ if __name__ == "__main__":
     if args.save_model:
         save(num_iterations)
         print(f"checkpoint: {checkpoint_path}")
+        if args.track:  # the final checkpoint as a wandb artifact of the run
+            artifact = wandb.Artifact(f"{args.exp_name}__{args.env_id.split('/')[-1]}__seed{args.seed}", type="model")
+            artifact.add_file(checkpoint_path)
+            wandb.log_artifact(artifact)
     envs_.close()
     writer.close()
     if args.track:

@@ -1,12 +1,14 @@
-"""Train methods x seeds on the Gridworld (or another DLCMDP) in parallel processes; write a table and plots.
+"""Train methods x seeds on the Gridworld (or another DLCMDP) as Ray tasks; write a table and plots.
 
     python benchmarks/compare.py          # all methods: DynaMITE-RL, its ablations and the baselines, 5 seeds
     python benchmarks/compare.py --methods dynamite no-consistency --seeds 1 2 --workers 2
     python benchmarks/compare.py --env-id dynamite/HalfCheetahVel-v0 --methods dynamite varibad --seeds 1 2 3 \
         --runs-dir runs/benchmark_halfcheetah_vel --output docs/halfcheetah_vel_comparison
+    python benchmarks/compare.py --ray-address auto --track      # on a running Ray cluster, tracked in wandb
 
 Every run has its own folder under --runs-dir; a finished run is not redone and an interrupted one is resumed
-from its checkpoint, so the same command continues a benchmark. All methods get the same env steps.
+from its checkpoint, so the same command continues a benchmark. All methods get the same env steps. The runs
+go through benchmarks/runner.py: a cluster of this machine by default, or any Ray cluster (README).
 """
 
 from __future__ import annotations
@@ -14,15 +16,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.runner import Run, run_all
+
 
 # name -> (label, script, extra flags)
 METHODS = {
@@ -53,7 +54,23 @@ class Args:
     eval_every: int = 20
     """evaluate every this many iterations (points of the learning curves)"""
     workers: int = 2
-    """runs in parallel, one torch thread each (one per core)"""
+    """runs in parallel on this machine's cluster, one CPU and one torch thread each (ignored with --ray-address)"""
+    ray_address: str | None = None
+    """join a running Ray cluster ("auto", or "ray://host:port"); default: start one on this machine"""
+    gpus_per_run: float = 0.0
+    """GPUs (a fraction is fine) that each run's task asks of the cluster; the scripts use one when they get it"""
+    retries: int = 2
+    """times a failed run is restarted from its checkpoint before it is reported as failed"""
+    dry_run: bool = False
+    """print the command of every run that is not finished, and stop"""
+    track: bool = False
+    """every run logs to one wandb project, grouped by comparison (WANDB_MODE=offline works)"""
+    wandb_project_name: str = "dynamite-rl"
+    """the wandb project of every run"""
+    wandb_entity: str | None = None
+    """the entity (team) of the wandb project"""
+    wandb_group: str | None = None
+    """the wandb group of this comparison's runs (default: the name of --output)"""
     runs_dir: str = "runs/benchmark_gridworld"
     """where the runs are written"""
     output: str = "docs/gridworld_comparison"
@@ -64,28 +81,29 @@ class Args:
     """train nothing: write the table and plots from the runs already in --runs-dir"""
 
 
-def run_one(args: Args, method: str, seed: int) -> str:
-    _, script, flags = METHODS[method]
-    run_dir = os.path.abspath(os.path.join(args.runs_dir, method, f"seed{seed}"))
-    eval_path, checkpoint = os.path.join(run_dir, "eval.json"), os.path.join(run_dir, "checkpoint.pt")
-    if os.path.exists(eval_path) and json.load(open(eval_path)).get("finished"):
-        return f"{method} seed {seed}: done already"
-    command = [sys.executable, os.path.join(ROOT, script)]
-    if os.path.exists(checkpoint):  # the run continues with the settings it started with
-        command += ["--resume", checkpoint]
-    else:
-        command += ["--seed", str(seed), "--exp-name", method, "--run-dir", run_dir, "--env-id", args.env_id, *flags,
-                    *shlex.split(args.extra), "--save-model"]
-    command += ["--eval-every", str(args.eval_every), "--log-every", "1000000"]
-    if args.total_timesteps:
-        command += ["--total-timesteps", str(args.total_timesteps)]
-    os.makedirs(run_dir, exist_ok=True)
-    start = time.time()
-    with open(os.path.join(run_dir, "stdout.log"), "a") as log:
-        result = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    if result.returncode != 0:
-        raise RuntimeError(f"{method} seed {seed} failed (exit {result.returncode}); see {run_dir}/stdout.log")
-    return f"{method} seed {seed}: {time.time() - start:.0f}s"
+def make_runs(args: Args) -> list[Run]:
+    """Every (method, seed) of the comparison as a run of the runner, in the order they start."""
+    import importlib
+
+    runs = []
+    for seed in args.seeds:
+        for method in args.methods:
+            _, script, flags = METHODS[method]
+            steps = args.total_timesteps or importlib.import_module(script[: -len(".py")]).Args().total_timesteps
+            fresh = ["--seed", str(seed), "--exp-name", method, "--env-id", args.env_id, *flags,
+                     *shlex.split(args.extra), "--save-model"]
+            resumable = ["--eval-every", str(args.eval_every), "--log-every", "1000000"]
+            if args.total_timesteps:
+                resumable += ["--total-timesteps", str(args.total_timesteps)]
+            env = {}
+            if args.track:
+                group = args.wandb_group or os.path.basename(args.output)
+                resumable += ["--track", "--wandb-project-name", args.wandb_project_name, "--wandb-group", group,
+                              *(["--wandb-entity", args.wandb_entity] if args.wandb_entity else [])]
+                env["WANDB_TAGS"] = ",".join([method, f"seed{seed}", env_name(args.env_id)])
+            runs.append(Run(f"{method} seed {seed}", script, fresh,
+                            os.path.abspath(os.path.join(args.runs_dir, method, f"seed{seed}")), steps, resumable, env))
+    return runs
 
 
 def load(args: Args) -> dict[str, list[dict]]:
@@ -236,29 +254,41 @@ def main(args: Args) -> None:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"error: unknown methods {unknown}; known: {', '.join(METHODS)}")
-    jobs = [] if args.report_only else [(m, s) for s in args.seeds for m in args.methods]
+    runs = [] if args.report_only else make_runs(args)
+    if args.dry_run:
+        for run in runs:
+            print(f"{run.name}: " + ("finished" if run.finished() else run.command()))
+        return
     start = time.time()
-    done_before = 0
-    with ThreadPoolExecutor(args.workers) as pool:
-        for message in pool.map(lambda job: run_one(args, *job), jobs):
-            print(message, flush=True)
-            done_before += message.endswith("done already")
+    for run in runs:
+        if run.finished():
+            print(f"{run.name}: done already", flush=True)
+    done_before = sum(run.finished() for run in runs)
+    failures = run_all(runs, args.ray_address, args.workers, args.gpus_per_run, args.retries) if runs else {}
     results = load(args)
     if not any(results.values()):
         raise SystemExit(f"error: no finished run of {', '.join(args.methods)} with seeds {args.seeds} in "
                          f"{args.runs_dir}; run the command without --report-only to train them")
     table = summarize(args, results)
+    missing = [f"{method} seed {seed}" for method in args.methods for seed in args.seeds
+               if not any(r["args"]["seed"] == seed for r in results[method])]
+    if missing:
+        table += ["", "Missing (not finished" + (", failed: " + ", ".join(failures) if failures else "") + "): "
+                  + ", ".join(missing) + "."]
     figures = plot(args, results)
     command = "python benchmarks/compare.py " + shlex.join(sys.argv[1:])
-    ran = (f"{len(jobs)} runs, {f'{done_before} of them finished by an earlier invocation, ' if done_before else ''}"
-           f"{args.workers} in parallel, {(time.time() - start) / 60:.0f} min wall time for this invocation"
-           if jobs else "table and plots of the runs in " + args.runs_dir)
+    parallel = f"on the Ray cluster at {args.ray_address}" if args.ray_address else f"{args.workers} in parallel"
+    ran = (f"{len(runs)} runs, {f'{done_before} of them finished by an earlier invocation, ' if done_before else ''}"
+           f"{parallel}, {(time.time() - start) / 60:.0f} min wall time for this invocation"
+           if runs else "table and plots of the runs in " + args.runs_dir)
     lines = [f"# {env_name(args.env_id)} benchmark", "", f"Command: `{command.strip()}` ({ran}).", "", *table, ""]
     lines += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in figures]
     with open(f"{args.output}.md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(table))
     print(f"wrote {args.output}.md and {', '.join(figures)}")
+    if failures:
+        raise SystemExit(f"error: {len(failures)} run(s) failed: {', '.join(failures)} (see their stdout.log)")
 
 
 if __name__ == "__main__":
