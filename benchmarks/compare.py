@@ -189,8 +189,8 @@ def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
     panels = [(others, "methods"), (ablations, "ablations")] if len(ablations) > 1 and len(others) > 1 else [
         (list(results), "")]
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
-    phase_starts = {run["args"].get("encoder_train_steps")
-                    for runs in results.values() for run in runs} - {None, 0}
+    phase_starts = {run["args"].get("encoder_train_steps") for runs in results.values() for run in runs
+                    if 0 < (run["args"].get("encoder_train_steps") or 0) < run["args"]["total_timesteps"]}
     for ax, (methods, title) in zip(axes[0], panels):
         for method in methods:
             runs = results[method]
