@@ -86,7 +86,7 @@ class DLCMDPReacherEnv(EpisodeSessions, ReacherEnv):
         info.update(reward_dist=reward_dist, reward_ctrl=reward_ctrl)
         if self.render_mode == "human":
             self.render()
-        return self._get_obs(), reward_dist + reward_ctrl, False, truncated, info
+        return self._get_obs(), float(reward_dist + reward_ctrl), False, truncated, info  # a float, as checkers ask
 
     def _get_obs(self):
         """cos and sin of the two joint angles, their velocities and the fingertip's (x, y): no target."""
@@ -131,7 +131,7 @@ class _DLCMDPHalfCheetah(EpisodeSessions, HalfCheetahEnv):
         info.update(x_velocity=velocity, reward_task=reward_task, reward_ctrl=reward_ctrl)
         if self.render_mode == "human":
             self.render()
-        return self._get_obs(), reward_task + reward_ctrl, False, truncated, info
+        return self._get_obs(), float(reward_task + reward_ctrl), False, truncated, info  # a float, as checkers ask
 
 
 class DLCMDPHalfCheetahDirEnv(_DLCMDPHalfCheetah):

@@ -131,3 +131,12 @@ def test_gymnasium_reward_weights_are_refused_rather_than_ignored(env_id, kwargs
     message = rf"^{name} is not a setting of this DLCMDP: its reward is fixed .*, got {name}={re.escape(repr(value))}$"
     with pytest.raises(ValueError, match=message):
         gym.make(env_id, **kwargs)
+
+
+@pytest.mark.parametrize("env_id", ["dynamite/Reacher-v0", "dynamite/HalfCheetahDir-v0", "dynamite/HalfCheetahVel-v0",
+                                    "dynamite/HalfCheetahWindVel-v0"])
+def test_the_reward_is_a_python_float(env_id):
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    reward = env.step(env.action_space.sample())[1]
+    assert type(reward) is float
