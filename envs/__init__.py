@@ -5,6 +5,7 @@
 >>> vec = gym.make_vec("dynamite/Gridworld-v0", num_envs=256)  # natively batched
 >>> env = gym.make("dynamite/HalfCheetahVel-v0", schedule="poisson", num_sessions=20)
 >>> env = gym.make("dynamite/ScratchItch-v0", random_phase=True)
+>>> env = gym.make("dynamite/PointRobot-v0", task_set="test")
 """
 
 import gymnasium as gym
@@ -36,3 +37,6 @@ for _name, _cls in [("Reacher-v0", "DLCMDPReacherEnv"), ("HalfCheetahDir-v0", "D
 # the assistive-robot DLCMDP on pybullet
 if "dynamite/ScratchItch-v0" not in gym.registry:
     gym.register(id="dynamite/ScratchItch-v0", entry_point="envs.scratchitch:ScratchItchEnv")
+# the structured-latent paper's point robot: goals that mix two anchor goals
+if "dynamite/PointRobot-v0" not in gym.registry:
+    gym.register(id="dynamite/PointRobot-v0", entry_point="envs.pointrobot:PointRobotEnv")
