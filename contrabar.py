@@ -455,7 +455,9 @@ ENV_DEFAULTS = {"dynamite/ScratchItch-v0": {"ent_coef": 0.01}}  # where one envi
 # the range of every numeric setting (a script skips those it lacks); other integers are counts >= 1, floats >= 0
 RANGES = {"seed": (lambda v: True, "an integer"), "gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
           "gae_lambda": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-          **{name: (lambda v: v > 0, "> 0") for name in ("learning_rate", "encoder_learning_rate", "clip_coef", "max_grad_norm")},
+          "dirichlet_classes": (lambda v: v >= 2, "an integer >= 2"),
+          **{name: (lambda v: v > 0, "> 0") for name in ("learning_rate", "encoder_learning_rate", "clip_coef", "max_grad_norm",
+                                                         "dirichlet_alpha")},
           **{name: (lambda v: v >= 0, "an integer >= 0") for name in ("eval_every", "encoder_updates", "encoder_train_steps")}}
 SCRIPT, CHECKPOINT_FORMAT = os.path.basename(__file__), 1
 # what --resume may change; every other setting is the checkpoint's, so that a resumed run continues the run it names

@@ -12,6 +12,7 @@ import random
 import signal
 import time
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -112,8 +113,16 @@ class Args:
     """give the actor and critic the elapsed fraction t/H of the episode (the horizon is part of the task)"""
 
     # Algorithm: the variational posterior (VAE)
+    latent: Literal["gaussian", "dirichlet", "dirichlet-gaussian"] = "gaussian"
+    """the latent's kind: one Gaussian, Dirichlet groups, or Dirichlet groups and a Gaussian (README)"""
     latent_dim: int | None = None
-    """dimension of the latent context m (default: 5 with discrete actions, 16 with continuous ones)"""
+    """dimension of the Gaussian latent, or of its Gaussian part (default: 5 discrete, 16 continuous)"""
+    dirichlet_groups: int = 2
+    """number of Dirichlet variables of a Dirichlet latent"""
+    dirichlet_classes: int = 4
+    """classes of each Dirichlet variable"""
+    dirichlet_alpha: float = 0.2
+    """concentration of the symmetric Dirichlet prior of each variable"""
     embed_dim: int | None = None
     """size of the state, action and reward embeddings (default: 16 discrete, 32 continuous)"""
     encoder_hidden: int = 64
@@ -213,8 +222,8 @@ class Encoder(nn.Module):
             nn.Linear(args.encoder_hidden, args.encoder_hidden), nn.ReLU(),
         )
         self.gru = nn.GRUCell(args.encoder_hidden, args.gru_hidden)
-        self.belief_mean = nn.Linear(args.gru_hidden, args.latent_dim)
-        self.belief_logvar = nn.Linear(args.gru_hidden, args.latent_dim)
+        self.belief_mean = nn.Linear(args.gru_hidden, belief_size(args))
+        self.belief_logvar = nn.Linear(args.gru_hidden, belief_size(args))
 
     def forward(self, hidden, prev_action, reward, obs):
         """One step: input (a_{t-1}, r_t, s_t)."""
@@ -236,8 +245,8 @@ class Decoder(nn.Module):
         super().__init__()
         self.state_embed = nn.Sequential(nn.Linear(obs_dim, args.embed_dim), nn.ReLU())
         self.action_embed = nn.Sequential(nn.Linear(action_dim, args.embed_dim), nn.ReLU())
-        self.reward = mlp(args.embed_dim + args.latent_dim, args.decoder_hidden, 1, out_std=1.0)
-        self.next_state = (mlp(2 * args.embed_dim + args.latent_dim, args.decoder_hidden, obs_dim, out_std=1.0)
+        self.reward = mlp(args.embed_dim + belief_size(args), args.decoder_hidden, 1, out_std=1.0)
+        self.next_state = (mlp(2 * args.embed_dim + belief_size(args), args.decoder_hidden, obs_dim, out_std=1.0)
                            if args.state_decoder else None)
 
     def forward(self, latent, obs, action, next_obs):
@@ -279,8 +288,8 @@ class Agent(nn.Module):
 
     def __init__(self, obs_dim: int, action_space, args: Args):
         super().__init__()
-        in_dim = obs_dim + 2 * args.latent_dim + int(args.time_feature)
-        self.belief_rms = RunningMeanStd(2 * args.latent_dim)
+        in_dim = obs_dim + 2 * belief_size(args) + int(args.time_feature)
+        self.belief_rms = RunningMeanStd(2 * belief_size(args))
         if args.norm_reward:
             self.return_rms = RunningMeanStd(1)
         self.critic = mlp(in_dim, args.policy_hidden, 1, out_std=1.0)
@@ -310,11 +319,48 @@ class Agent(nn.Module):
 def policy_input(agent: Agent, obs, step: int, horizon: int, mean, logvar, args: Args):
     """(s, [t/H], belief mean, belief logvar): the belief-augmented state the actor and critic see; with
     --norm-belief the belief is standardised by the running statistics of the beliefs seen in rollouts."""
-    belief = torch.cat([mean, logvar], -1)
+    belief = policy_belief(mean, logvar, args)
     parts = [obs, agent.belief_rms.normalize(belief) if args.norm_belief else belief]
     if args.time_feature:
         parts.insert(1, torch.full_like(obs[:, :1], step / horizon))
     return torch.cat(parts, -1)
+
+
+# ALGO LOGIC: the latent: one Gaussian, or Dirichlet groups approximated by logit-normals (Ren, Garg & Anandkumar),
+# or both. The belief is always a diagonal Gaussian (mean, logvar) over belief_size(args) coordinates, the logits of
+# the Dirichlet groups first; every KL is the Gaussian KL in these coordinates
+def belief_size(args: Args) -> int:
+    dirichlet = args.dirichlet_groups * args.dirichlet_classes if args.latent != "gaussian" else 0
+    return dirichlet + (args.latent_dim if args.latent != "dirichlet" else 0)
+
+
+def latent_prior(args: Args, device=None):
+    """(mean, logvar) of the prior: N(0, I) on Gaussian coordinates and, on each Dirichlet group's logits, the
+    Laplace approximation of Dir(alpha) in the softmax basis: mean_k = log a_k - mean_i log a_i,
+    var_k = (1 / a_k)(1 - 2 / K) + (1 / K^2) sum_i 1 / a_i."""
+    mean, logvar = torch.zeros(belief_size(args), device=device), torch.zeros(belief_size(args), device=device)
+    if args.latent != "gaussian":
+        k, n = args.dirichlet_classes, args.dirichlet_groups * args.dirichlet_classes
+        alpha = torch.full((k,), float(args.dirichlet_alpha), device=device)
+        mean[:n] = (alpha.log() - alpha.log().mean()).repeat(args.dirichlet_groups)
+        logvar[:n] = ((1 / alpha) * (1 - 2 / k) + (1 / alpha).sum() / k**2).log().repeat(args.dirichlet_groups)
+    return mean, logvar
+
+
+def to_latent(coordinates, args: Args):
+    """Belief coordinates -> the latent m the decoder reads: each Dirichlet group's logits through a softmax (a point
+    of its simplex), the Gaussian coordinates as they are."""
+    if args.latent == "gaussian":
+        return coordinates
+    n = args.dirichlet_groups * args.dirichlet_classes
+    simplex = coordinates[..., :n].unflatten(-1, (args.dirichlet_groups, args.dirichlet_classes)).softmax(-1)
+    return torch.cat([simplex.flatten(-2), coordinates[..., n:]], -1)
+
+
+def policy_belief(mean, logvar, args: Args):
+    """What the actor and critic read of a belief: its mean as a latent (the Dirichlet means softmax(mean)) and
+    its log-variances."""
+    return torch.cat([to_latent(mean, args), logvar], -1)
 
 
 # ALGO LOGIC: the objective, one function per term
@@ -323,18 +369,21 @@ def gaussian_kl(mean_q, logvar_q, mean_p, logvar_p):
     return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mean_q - mean_p) ** 2) / logvar_p.exp() - 1).sum(-1)
 
 
-def kl_loss(means, logvars, prior):
+def kl_loss(means, logvars, prior, base=None):
     """Mean over steps of KL(q_t || q_{t-1}), where q_{-1} is the prior (mean, logvar) of shape (B, D), and of
-    KL(prior || N(0, I)), as in VariBAD's code."""
+    KL(prior || base), as in VariBAD's code; ``base`` is the latent's prior, (mean, logvar) of shape (D,), N(0, I)
+    by default."""
     prior_mean, prior_logvar = prior[0][None], prior[1][None]
     all_means, all_logvars = torch.cat([prior_mean, means]), torch.cat([prior_logvar, logvars])
-    target_means = torch.cat([torch.zeros_like(prior_mean), all_means[:-1]])
-    target_logvars = torch.cat([torch.zeros_like(prior_logvar), all_logvars[:-1]])
+    base_mean, base_logvar = (torch.zeros_like(prior_mean), torch.zeros_like(prior_logvar)) if base is None else (
+        base[0].expand_as(prior_mean), base[1].expand_as(prior_logvar))
+    target_means = torch.cat([base_mean, all_means[:-1]])
+    target_logvars = torch.cat([base_logvar, all_logvars[:-1]])
     return gaussian_kl(all_means, all_logvars, target_means, target_logvars).mean()
 
 
 def reconstruction_loss(decoder, means, logvars, obs, actions, rewards, next_obs, session_done, mask, belief_steps,
-                        sample: bool = True):
+                        sample: bool = True, args: Args | None = None):
     """Negative log-likelihood (unit-variance Gaussian: squared error) of the transitions in ``mask``, summed over
     each belief's targets and averaged over beliefs and episodes, for the beliefs at ``belief_steps``; each belief
     decodes a reparameterised sample m ~ q_t (its mean with ``sample=False``). Summing over targets follows the
@@ -342,6 +391,7 @@ def reconstruction_loss(decoder, means, logvars, obs, actions, rewards, next_obs
     posterior collapse."""
     mean, logvar = means[belief_steps], logvars[belief_steps]  # (K, B, D)
     latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if sample else mean
+    latent = to_latent(latent, args) if args is not None else latent  # (args: the latent's kind)
     horizon, k = obs.shape[0], len(belief_steps)
     latent = latent[:, None].expand(k, horizon, *latent.shape[1:])  # (K, H, B, D)
     predicted_reward, predicted_state = decoder(latent, obs, actions, next_obs)
@@ -420,8 +470,8 @@ def vae_loss(encoder, decoder, batch, args, device):
     mask = torch.ones(horizon, horizon, num_envs, dtype=torch.bool, device=device)  # every belief, every transition
     terms = {
         "reconstruction": reconstruction_loss(decoder, means, logvars, obs, actions_onehot, rewards, next_obs,
-                                              session_done, mask, belief_steps, sample=not args.decode_mean),
-        "kl": kl_loss(means, logvars, encoder.prior(num_envs)),
+                                              session_done, mask, belief_steps, sample=not args.decode_mean, args=args),
+        "kl": kl_loss(means, logvars, encoder.prior(num_envs), latent_prior(args, device)),
     }
     loss = terms["reconstruction"] + args.kl_weight * terms["kl"]
     return loss, terms
@@ -505,7 +555,9 @@ ENV_DEFAULTS = {"dynamite/ScratchItch-v0": {"ent_coef": 0.01}}  # where one envi
 # the range of every numeric setting (a script skips those it lacks); other integers are counts >= 1, floats >= 0
 RANGES = {"seed": (lambda v: True, "an integer"), "gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
           "gae_lambda": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-          **{name: (lambda v: v > 0, "> 0") for name in ("learning_rate", "encoder_learning_rate", "clip_coef", "max_grad_norm")},
+          "dirichlet_classes": (lambda v: v >= 2, "an integer >= 2"),
+          **{name: (lambda v: v > 0, "> 0") for name in ("learning_rate", "encoder_learning_rate", "clip_coef", "max_grad_norm",
+                                                         "dirichlet_alpha")},
           **{name: (lambda v: v >= 0, "an integer >= 0") for name in ("eval_every", "encoder_updates", "encoder_train_steps")}}
 SCRIPT, CHECKPOINT_FORMAT = os.path.basename(__file__), 1
 # what --resume may change; every other setting is the checkpoint's, so that a resumed run continues the run it names
@@ -773,8 +825,8 @@ if __name__ == "__main__":
             rewards = torch.zeros((horizon, envs_.num_envs), device=device)
             values = torch.zeros((horizon, envs_.num_envs), device=device)
             session_done = torch.zeros((horizon, envs_.num_envs), dtype=torch.bool, device=device)
-            beliefs = torch.zeros((horizon, envs_.num_envs, 2 * args.latent_dim), device=device)
-            policy_inputs = torch.zeros((horizon, envs_.num_envs, obs_dim + 2 * args.latent_dim + int(args.time_feature)),
+            beliefs = torch.zeros((horizon, envs_.num_envs, 2 * belief_size(args)), device=device)
+            policy_inputs = torch.zeros((horizon, envs_.num_envs, obs_dim + 2 * belief_size(args) + int(args.time_feature)),
                                         device=device)
         phase_start, phase_end = (encoder_iterations, num_iterations) if policy_phase else (0, encoder_iterations)
         progress = (iteration - 1.0 - phase_start) / (phase_end - phase_start)
@@ -790,7 +842,7 @@ if __name__ == "__main__":
             for t in range(horizon):
                 obs[t] = obs_scaling(next_obs)
                 mean, logvar = state.encode(encoder, obs[t])
-                beliefs[t] = torch.cat([mean, logvar], -1)
+                beliefs[t] = policy_belief(mean, logvar, args)
                 policy_inputs[t] = policy_input(agent, obs[t], t, horizon, mean, logvar, args)
                 action, logprob, _, value = agent.get_action_and_value(policy_inputs[t])
                 actions[t], logprobs[t], values[t] = action, logprob, value
