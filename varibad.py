@@ -69,6 +69,8 @@ class Args:
     """the id of the environment"""
     env_kwargs: str = "{}"
     """constructor arguments of the environment as JSON, e.g. '{"size": 7, "num_goals": 3}'"""
+    eval_env_kwargs: str = "{}"
+    """what evaluation changes of them, as JSON, e.g. '{"task_set": "test"}' (held-out tasks)"""
     total_timesteps: int = 6_000_000
     """total environment steps of the experiment, both phases"""
     num_envs: int = 64
@@ -576,7 +578,7 @@ def fill_family_defaults(args: Args, envs_) -> None:
         args.state_decoder = envs.protocol.latent_changes_dynamics(args.env_id)
 
 
-def check_args(args: Args) -> dict:
+def check_args(args: Args) -> tuple[dict, dict]:
     """Fail before anything is written, with one line naming the flag, its value and what is allowed."""
     for field in dataclasses.fields(args):
         value = getattr(args, field.name)
@@ -590,8 +592,10 @@ def check_args(args: Args) -> dict:
         if getattr(args, name, 0) % args.num_minibatches != 0:
             raise SystemExit(f"error: --{name.replace('_', '-')} {getattr(args, name)} must be divisible by "
                              f"--num-minibatches {args.num_minibatches} (minibatches are split by environment)")
-    try:
-        return envs.protocol.parse_env_settings(args.env_id, args.env_kwargs)
+    try:  # the environment's settings for training and for evaluation
+        env_kwargs = envs.protocol.parse_env_settings(args.env_id, args.env_kwargs)
+        return env_kwargs, {**env_kwargs, **envs.protocol.parse_env_settings(args.env_id, args.eval_env_kwargs,
+                                                                             "--eval-env-kwargs")}
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
 
@@ -681,7 +685,7 @@ if __name__ == "__main__":
     resume = load_checkpoint(args.resume, device) if args.resume else None
     if resume is not None:  # the checkpoint's settings, of which the command line may change only RESUMABLE ones
         args = resume_args(tyro.cli(Args, default=Args(**resume["args"])), resume)
-    env_kwargs = check_args(args)
+    env_kwargs, eval_env_kwargs = check_args(args)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -694,6 +698,7 @@ if __name__ == "__main__":
     # env setup
     try:
         envs_ = envs.protocol.make_vector_env(args.env_id, args.num_envs, env_kwargs)
+        envs.protocol.make_vector_env(args.env_id, 1, eval_env_kwargs).close()  # checked before training, not after
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
     action_space = envs_.single_action_space
@@ -714,7 +719,7 @@ if __name__ == "__main__":
     if resume is not None and resume["iteration"] > encoder_iterations:  # resumed in the policy phase
         envs_.close()
         envs_ = envs.protocol.make_vector_env(args.env_id, args.policy_num_envs, env_kwargs)
-    bayes_return = envs.protocol.bayes_optimal_return(args.env_id, env_kwargs)
+    bayes_return = envs.protocol.bayes_optimal_return(args.env_id, eval_env_kwargs)
 
     encoder = Encoder(obs_dim, action_dim, args).to(device)
     decoder = Decoder(obs_dim, action_dim, args).to(device)
@@ -762,7 +767,7 @@ if __name__ == "__main__":
     def write_eval(iteration: int, final: bool = False) -> None:
         tick = time.time()
         result = envs.protocol.evaluate(
-            args.env_id, env_kwargs, lambda n: GreedyPolicy(n, encoder, agent, obs_scaling, action_space, horizon, args, device),
+            args.env_id, eval_env_kwargs, lambda n: GreedyPolicy(n, encoder, agent, obs_scaling, action_space, horizon, args, device),
             args.eval_episodes, consecutive=5 if final else 1, seed=args.seed + 1_000_000)
         timing["eval"] += time.time() - tick
         result.update(iteration=iteration, global_step=global_step,
@@ -942,7 +947,7 @@ if __name__ == "__main__":
 
     write_eval(num_iterations, final=True)
     if args.capture_video:
-        envs.protocol.record_video(args.env_id, env_kwargs, lambda n: GreedyPolicy(
+        envs.protocol.record_video(args.env_id, eval_env_kwargs, lambda n: GreedyPolicy(
             n, encoder, agent, obs_scaling, action_space, horizon, args, device), os.path.join(run_dir, "videos"), seed=args.seed)
     total = sum(timing.values())
     print("time: " + ", ".join(f"{name} {seconds:.0f}s ({seconds / total:.0%})" for name, seconds in timing.items()))

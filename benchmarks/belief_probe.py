@@ -138,7 +138,7 @@ def probe(encoder, vae_args, data, posteriors, seed: int) -> dict:
 def main(args: Args) -> dict:
     vae_args = tyro.cli(dm.Args, args=shlex.split(args.extra))
     vae_args.seed = args.seed
-    env_kwargs = dm.check_args(vae_args)
+    env_kwargs, _ = dm.check_args(vae_args)
     envs_ = envs.protocol.make_vector_env(vae_args.env_id, vae_args.num_envs, env_kwargs)
     dm.fill_family_defaults(vae_args, envs_)
     if vae_args.env_id != "dynamite/Gridworld-v0":

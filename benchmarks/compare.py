@@ -35,7 +35,17 @@ METHODS = {
     "varibad": ("VariBAD", "varibad.py", []),
     "rl2": ("RL²", "rl2.py", []),
     "contrabar": ("ContraBAR", "contrabar.py", []),
+    # the structured latent (README): the paper's Gau(5), Dir(2, 4) and Dir(2, 4) + Gau(2)
+    "dynamite-gau5": ("DynaMITE-RL, Gau(5)", "dynamite_rl.py", ["--latent-dim", "5"]),
+    "dynamite-dir": ("DynaMITE-RL, Dir(2, 4)", "dynamite_rl.py", ["--latent", "dirichlet"]),
+    "dynamite-dir-gau": ("DynaMITE-RL, Dir(2, 4) + Gau(2)", "dynamite_rl.py",
+                         ["--latent", "dirichlet-gaussian", "--latent-dim", "2"]),
+    "varibad-gau5": ("VariBAD, Gau(5)", "varibad.py", ["--latent-dim", "5"]),
+    "varibad-dir": ("VariBAD, Dir(2, 4)", "varibad.py", ["--latent", "dirichlet"]),
+    "varibad-dir-gau": ("VariBAD, Dir(2, 4) + Gau(2)", "varibad.py", ["--latent", "dirichlet-gaussian", "--latent-dim", "2"]),
 }
+COMPARISON = ["dynamite", "no-consistency", "no-conditioning", "no-session-recon", "oracle-sessions", "varibad", "rl2",
+              "contrabar"]  # the default: DynaMITE-RL, its ablations and the baselines
 TARGET = 45.0  # on the Gridworld
 GRIDWORLD = "dynamite/Gridworld-v0"
 
@@ -44,9 +54,8 @@ GRIDWORLD = "dynamite/Gridworld-v0"
 class Args:
     env_id: str = GRIDWORLD
     """the environment of every run (the Bayes-optimal reference and the time to 45.0 are the Gridworld's)"""
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    """methods to run, from: dynamite, no-consistency, no-conditioning, no-session-recon, oracle-sessions, varibad,
-    rl2, contrabar"""
+    methods: list[str] = field(default_factory=lambda: list(COMPARISON))
+    """methods to run (default: DynaMITE-RL, its ablations and the baselines); see METHODS for all of them"""
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     """seeds of every method"""
     total_timesteps: int | None = None
@@ -182,7 +191,8 @@ def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
         from envs.gridworld_reference import reference_returns
 
         reference = reference_returns()
-    figures, colors = [], {method: f"C{i if i < 7 else 9}" for i, method in enumerate(METHODS)}  # C7 is gray
+    figures = []
+    colors = {method: f"C{i if i < 7 else i + 1}" for i, method in enumerate(results)}  # C7 is gray
     # the baselines and the ablations in separate panels (the paper's Figures 5 and 7), DynaMITE-RL in both
     ablations = [m for m in results if METHODS[m][1] == "dynamite_rl.py"]
     others = [m for m in results if m not in ablations or m == "dynamite"]

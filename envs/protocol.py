@@ -14,17 +14,18 @@ import gymnasium as gym
 import numpy as np
 
 
-def parse_env_settings(env_id: str, env_kwargs: str) -> dict:
-    """The constructor arguments ``env_kwargs`` (JSON) of ``env_id``; ValueError with one line if either is wrong."""
+def parse_env_settings(env_id: str, env_kwargs: str, flag: str = "--env-kwargs") -> dict:
+    """The constructor arguments ``env_kwargs`` (JSON, given as ``flag``) of ``env_id``; ValueError with one line if
+    either is wrong."""
     if env_id not in gym.registry:
         known = sorted(name for name in gym.registry if name.startswith("dynamite/"))
         raise ValueError(f"unknown --env-id {env_id!r}; known environments: {', '.join(known)}")
     try:
         kwargs = json.loads(env_kwargs)
     except json.JSONDecodeError as error:
-        raise ValueError(f"--env-kwargs is not valid JSON ({error}): {env_kwargs!r}") from None
+        raise ValueError(f"{flag} is not valid JSON ({error}): {env_kwargs!r}") from None
     if not isinstance(kwargs, dict):
-        raise ValueError(f"--env-kwargs must be a JSON object, got {env_kwargs!r}")
+        raise ValueError(f"{flag} must be a JSON object, got {env_kwargs!r}")
     return kwargs
 
 
