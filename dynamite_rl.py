@@ -870,7 +870,7 @@ if __name__ == "__main__":
         result.update(iteration=iteration, global_step=global_step,
                       train_time=train_time_before + sum(v for k, v in timing.items() if k != "eval"),
                       wall_time=wall_time_before + time.time() - start_time)
-        if bayes_return is not None:
+        if bayes_return:  # (a reference of 0, e.g. with every reward 0, has no fraction)
             result["fraction_of_bayes_optimal"] = result["return"] / bayes_return
         evaluations.append(result)
         writer.add_scalar("eval/return", result["return"], global_step)
