@@ -630,7 +630,6 @@ if __name__ == "__main__":
     modules = {"encoder": encoder, "predictor": predictor, "agent": agent, "obs_scaling": obs_scaling}
     optimizers = {"encoder": encoder_optimizer, "policy": optimizer}
     buffer = EpisodeBuffer(args.encoder_buffer_episodes, horizon, obs_dim, action_dim, device)
-
     global_step, start_iteration, evaluations = 0, 1, []
     if resume is not None:  # everything is loaded and checked before the run folder is touched
         restore(resume, modules, optimizers, envs_, args.resume)

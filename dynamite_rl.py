@@ -968,8 +968,8 @@ if __name__ == "__main__":
             buffer.add(obs, action_features(actions, action_space), rewards, next_obs_buf, session_done)
         loss, terms = torch.zeros(()), {}
         for _ in range(0 if policy_phase else args.encoder_updates):
-            loss, terms = vae_update(encoder, decoder, prior_net, encoder_optimizer, buffer.sample(args.encoder_batch_episodes), args,
-                                     device, iteration)
+            loss, terms = vae_update(encoder, decoder, prior_net, encoder_optimizer,
+                                     buffer.sample(args.encoder_batch_episodes), args, device, iteration)
         timing["encoder"] += time.time() - tick
 
         # ALGO LOGIC: PPO on the belief-augmented states; the horizon is the task's end, so no bootstrap
