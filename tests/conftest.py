@@ -1,4 +1,5 @@
-"""Shared helpers: run an algorithm script in this process, as its command line would; roll out an environment."""
+"""Shared helpers: run an algorithm script in this process, as its command line would, and the finished runs that
+several tests read; roll out an environment; record an episode of a script's evaluation policy."""
 
 import glob
 import os
@@ -8,6 +9,9 @@ import sys
 
 import numpy as np
 import pytest
+import torch
+
+import envs.protocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,12 +40,14 @@ def discrete_args(module, **overrides):
     return args
 
 
-@pytest.fixture(autouse=True)
-def offline_wandb(monkeypatch, tmp_path):
-    """Tests never reach the network: wandb writes offline runs into the test's folder."""
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
+@pytest.fixture(autouse=True, scope="session")
+def offline_wandb(tmp_path_factory):
+    """Tests never reach the network: wandb writes offline runs (also those of runs shared by several tests)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("WANDB_MODE", "offline")
+        patch.setenv("WANDB_DIR", str(tmp_path_factory.mktemp("wandb")))
+        patch.setenv("WANDB_SILENT", "true")
+        yield
 
 
 def run_script(script: str, *args: str, cwd) -> str:
@@ -74,3 +80,45 @@ def rollout(env, seed: int, steps: int, action_seed: int = 0, options=None):
         if truncated:
             break
     return np.array(observations), np.array(rewards), infos
+
+
+# a finished run: 2 iterations of 8 episodes, evaluated and saved after each, with a video of the last evaluation
+FINISHED = ["--total-timesteps", "960", "--save-model", "--eval-every", "1", "--capture-video"]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """``finished_run(script)``: the folder of a finished run of ``script`` with TINY + FINISHED, trained once per
+    session on first use. Tests read it and never write into it."""
+    runs = {}
+
+    def get(script: str) -> str:
+        if script not in runs:
+            runs[script] = run_script(script, *TINY[script], *FINISHED, cwd=tmp_path_factory.mktemp(script[:-3]))
+        return runs[script]
+
+    return get
+
+
+def greedy_episode(algo, encoder, args, env_kwargs: dict, num_envs: int = 16, seed: int = 0) -> dict:
+    """One Gridworld episode of ``algo.GreedyPolicy`` (``encoder``, an untrained agent), recorded as the scripts'
+    buffers store episodes, (H, B, ...): scaled observations, action features, rewards and the true session ends;
+    and ``beliefs``, the (mean, logvar) the policy carried at each step."""
+    envs_ = envs.protocol.make_vector_env("dynamite/Gridworld-v0", num_envs, env_kwargs)
+    space, horizon = envs_.single_action_space, envs.protocol.horizon(envs_)
+    scaling = algo.ObservationScaling(envs_.single_observation_space)
+    agent = algo.Agent(envs_.single_observation_space.shape[0], space, args)
+    policy = algo.GreedyPolicy(num_envs, encoder, agent, scaling, space, horizon, args, "cpu")
+    record = {key: [] for key in ("obs", "actions", "rewards", "session_done", "beliefs")}
+    obs, _ = envs_.reset(seed=seed)
+    for t in range(horizon):
+        action = policy.act(obs, t)
+        record["obs"].append(scaling(obs))
+        record["actions"].append(algo.action_features(policy.action, space))
+        record["beliefs"].append(torch.cat([policy.mean, policy.logvar], -1))
+        obs, reward, _, _, info = envs_.step(action)
+        policy.observe(reward, info)
+        record["rewards"].append(torch.as_tensor(reward, dtype=torch.float32))
+        record["session_done"].append(torch.as_tensor(info["session_done"]))
+    envs_.close()
+    return {key: torch.stack(value) for key, value in record.items()}

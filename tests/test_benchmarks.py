@@ -1,47 +1,68 @@
 """The benchmark commands run end to end on a tiny budget and write their outputs."""
 
+import importlib
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import tyro
 
-from conftest import ROOT
+from benchmarks import belief_probe, compare, throughput
+from conftest import ROOT, run_script
+
+SHORT = json.dumps({"horizon": 50, "session_length": 25})  # two sessions of a continuous environment
 
 
-def test_gridworld_comparison_writes_table_and_plots_and_does_not_redo_finished_runs(tmp_path):
-    extra = "--extra=--num-envs 8 --num-minibatches 2 --eval-episodes 16"
-    command = [sys.executable, os.path.join(ROOT, "benchmarks", "compare.py"), "--seeds", "1",
-               "--total-timesteps", "960", "--eval-every", "1", "--runs-dir", str(tmp_path / "runs"),
-               "--output", str(tmp_path / "docs" / "bench"), extra]
+def test_every_method_of_the_comparison_starts_with_a_command_line_its_script_accepts():
+    """What each run of the comparison would be started with, parsed by the script's own command line."""
+    settings = compare.Args(methods=list(compare.METHODS), seeds=[1], total_timesteps=480, track=True,
+                            extra="--num-envs 8 --num-minibatches 2")
+    runs = compare.make_runs(settings)
+    assert [run.name for run in runs] == [f"{method} seed 1" for method in compare.METHODS]
+    for run in runs:
+        algo = importlib.import_module(run.script[: -len(".py")])
+        args = tyro.cli(algo.Args, args=run.arguments())
+        method = run.name.split()[0]
+        assert (args.seed, args.exp_name, args.num_envs, args.total_timesteps, args.track) == (1, method, 8, 480, True)
+        assert args.save_model and args.run_dir == run.run_dir
+
+
+@pytest.mark.slow
+def test_gridworld_comparison_writes_table_and_plots_and_does_not_redo_finished_runs(tmp_path, capsys):
+    """The command trains the methods (baselines and ablations: both panels of the plots); run again (here, in this
+    process) it redoes nothing, --report-only writes the same table from the runs, and a folder without finished runs
+    is one line."""
+    methods = ["dynamite", "no-consistency", "varibad", "rl2"]
+    settings = dict(methods=methods, seeds=[1], total_timesteps=480, eval_every=1, runs_dir=str(tmp_path / "runs"),
+                    output=str(tmp_path / "docs" / "bench"), extra="--num-envs 8 --num-minibatches 2 --eval-episodes 2")
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "compare.py"), "--methods", *methods, "--seeds", "1",
+               "--total-timesteps", "480", "--eval-every", "1", "--runs-dir", settings["runs_dir"], "--output",
+               settings["output"], f"--extra={settings['extra']}"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout + first.stderr
     table = (tmp_path / "docs" / "bench.md").read_text()
-    for label in ("DynaMITE-RL", "DynaMITE-RL, no consistency", "DynaMITE-RL, no conditioning",
-                  "DynaMITE-RL, no session reconstruction", "DynaMITE-RL, true session ends", "VariBAD", "RL²",
-                  "ContraBAR"):
+    for label in ("DynaMITE-RL", "DynaMITE-RL, no consistency", "VariBAD", "RL²"):
         assert f"| {label} | 1 |" in table, table
     assert (tmp_path / "docs" / "bench_curves.png").stat().st_size > 10_000
     assert (tmp_path / "docs" / "bench_sessions.png").stat().st_size > 10_000
     summary = next(line.split(" | ") for line in table.splitlines() if line.startswith("| DynaMITE-RL | 1 |"))
     assert len(summary[4].split(" / ")) == 4  # the return of each of the 4 sessions
     assert "| method | seed 1 |" in table  # the final return of each seed
-    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("done already") == 8, again.stdout
+    capsys.readouterr()
+    compare.main(compare.Args(**settings))
+    assert capsys.readouterr().out.count("done already") == 4
     (tmp_path / "docs" / "bench.md").unlink()
-    report = subprocess.run([*command, "--report-only"], capture_output=True, text=True, timeout=600)
-    assert report.returncode == 0 and "done already" not in report.stdout, report.stdout + report.stderr
+    compare.main(compare.Args(**settings, report_only=True))
+    assert "done already" not in capsys.readouterr().out
     assert (tmp_path / "docs" / "bench.md").read_text().split("\n")[3:] == table.split("\n")[3:]
-    empty = subprocess.run([*command, "--report-only", "--runs-dir", str(tmp_path / "nothing")], capture_output=True,
-                           text=True, timeout=600)
-    assert empty.returncode != 0 and "no finished run" in empty.stderr, empty.stderr
+    with pytest.raises(SystemExit, match="^error: no finished run of .* run the command without --report-only"):
+        compare.main(compare.Args(**{**settings, "runs_dir": str(tmp_path / "nothing")}, report_only=True))
 
 
 def test_the_belief_probe_posterior_is_the_exact_bayesian_posterior():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import belief_probe
-
     _, posteriors, latents = belief_probe.explorer_episodes(4000, 0.3, seed=3, env_kwargs={})
     p = posteriors[..., 0].numpy()
     reachable = {0.0, 0.5, 1.0}  # certainty, or no information; a session's end maps p to 0.2 p + 0.8 (1 - p)
@@ -55,55 +76,90 @@ def test_the_belief_probe_posterior_is_the_exact_bayesian_posterior():
         assert chosen.sum() > 2000 and abs((latents[chosen] == 0).mean() - value) < 0.03
 
 
+@pytest.mark.slow
 def test_the_belief_probe_writes_results_and_a_checkpoint_dynamite_rl_resumes(tmp_path):
-    command = [sys.executable, os.path.join(ROOT, "benchmarks", "belief_probe.py"), "--updates", "4",
-               "--probe-every", "2", "--train-episodes", "64", "--test-episodes", "40", "--run-dir",
-               str(tmp_path / "run"), "--output", str(tmp_path / "probe"), "--extra=--num-envs 8 --num-minibatches 2"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "probe.md").read_text().count("\n| ") == 3  # header and updates 2, 4
-    resumed = subprocess.run([sys.executable, os.path.join(ROOT, "dynamite_rl.py"), "--resume",
-                              str(tmp_path / "run" / "checkpoint.pt"), "--total-timesteps", "960"],
-                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert '"encoder_updates": 0' in (tmp_path / "run" / "eval.json").read_text()
+    belief_probe.main(belief_probe.Args(updates=4, probe_every=4, train_episodes=64, test_episodes=40,
+                                        run_dir=str(tmp_path / "run"), output=str(tmp_path / "probe"),
+                                        extra="--num-envs 8 --num-minibatches 2 --eval-episodes 16"))
+    assert (tmp_path / "probe.md").read_text().count("\n| ") == 2  # header and update 4
+    run_script("dynamite_rl.py", "--resume", str(tmp_path / "run" / "checkpoint.pt"), "--total-timesteps", "960",
+               cwd=tmp_path)
+    result = json.load(open(tmp_path / "run" / "eval.json"))
+    assert result["finished"] and result["args"]["encoder_updates"] == 0
 
 
-@pytest.mark.parametrize("env_id", ["dynamite/HalfCheetahVel-v0", "dynamite/Gridworld-v0"])  # Box and Discrete
-def test_throughput_writes_its_table(tmp_path, env_id):
+@pytest.mark.slow
+def test_throughput_writes_its_table(tmp_path):
     output = tmp_path / "throughput.md"
-    command = [sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--env-id", env_id,
-               "--scripts", "dynamite_rl.py", "varibad.py", "--num-envs", "4", "--iterations", "1", "--seconds", "0.2",
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--env-id", "dynamite/Gridworld-v0",
+               "--scripts", "dynamite_rl.py", "--num-envs", "4", "--iterations", "1", "--seconds", "0.2",
                "--output", str(output), "--extra=--eval-episodes 2 --encoder-updates 1 --encoder-batch-episodes 4 "
                "--num-minibatches 2"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     table = output.read_text()
-    assert "| raw: one environment |" in table
-    for script in ("dynamite_rl.py", "varibad.py"):
-        assert f"| training: {script}, 1 iterations" in table
-        assert f"{script} trains at " in table and "% of the single environment's raw rate" in table
+    assert "| raw: one environment |" in table and "| raw: 4 environments in lock-step (SyncVectorEnv) |" in table
+    assert "| training: dynamite_rl.py, 1 iterations (240 steps, evaluation excluded) |" in table
+    assert "dynamite_rl.py trains at " in table and "% of the single environment's raw rate" in table
 
 
-def test_the_comparison_runs_on_a_mujoco_environment_without_gridworld_references(tmp_path):
+def test_throughput_of_the_raw_simulator_alone_on_box_actions(tmp_path):
+    """The table without training rows (no --scripts), in this process, on a MuJoCo DLCMDP."""
+    output = tmp_path / "throughput.md"
+    throughput.main(throughput.Args(env_id="dynamite/HalfCheetahVel-v0", scripts=[], num_envs=2, seconds=0.05,
+                                    output=str(output)))
+    rows = [line for line in output.read_text().splitlines() if line.startswith("| raw: ")]
+    assert [row.split(" | ")[0] for row in rows] == ["| raw: one environment",
+                                                     "| raw: 2 environments in lock-step (SyncVectorEnv)"]
+    assert all(float(row.split(" | ")[1].replace(",", "")) > 0 for row in rows)
+
+
+REACHER_METHODS = ("dynamite", "varibad", "rl2", "contrabar")  # one of each script
+
+
+@pytest.fixture(scope="module")
+def tracked_reacher_comparison(tmp_path_factory):
+    """The folder of a comparison of every script on the Reacher, tracked with wandb offline."""
+    folder = tmp_path_factory.mktemp("comparison")
     command = [sys.executable, os.path.join(ROOT, "benchmarks", "compare.py"), "--env-id", "dynamite/Reacher-v0",
-               "--methods", "dynamite", "varibad", "--seeds", "1", "--total-timesteps", "3200", "--eval-every", "1",
-               "--runs-dir", str(tmp_path / "runs"), "--output", str(tmp_path / "reacher"),
-               "--extra=--num-envs 4 --num-minibatches 2 --eval-episodes 2 --encoder-batch-episodes 4"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+               "--methods", *REACHER_METHODS, "--seeds", "1", "--total-timesteps", "200", "--eval-every", "1",
+               "--runs-dir", str(folder / "runs"), "--output", str(folder / "reacher"), "--track", "--wandb-group",
+               "group-under-test",
+               f"--extra=--num-envs 4 --num-minibatches 2 --eval-episodes 2 --env-kwargs '{SHORT}'"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     assert result.returncode == 0, result.stdout + result.stderr
-    table = (tmp_path / "reacher.md").read_text()
-    assert table.startswith("# Reacher benchmark") and "| DynaMITE-RL | 1 |" in table and "| VariBAD | 1 |" in table
-    assert "Bayes" not in table and (tmp_path / "reacher_curves.png").stat().st_size > 10_000
-    run = (tmp_path / "runs" / "varibad" / "seed1" / "eval.json").read_text()
+    return folder
+
+
+@pytest.mark.slow
+def test_the_comparison_runs_on_a_mujoco_environment_without_gridworld_references(tracked_reacher_comparison):
+    table = (tracked_reacher_comparison / "reacher.md").read_text()
+    assert table.startswith("# Reacher benchmark")
+    for label in ("DynaMITE-RL", "VariBAD", "RL²", "ContraBAR"):
+        assert f"| {label} | 1 |" in table, table
+    assert "Bayes" not in table and (tracked_reacher_comparison / "reacher_curves.png").stat().st_size > 10_000
+    run = (tracked_reacher_comparison / "runs" / "varibad" / "seed1" / "eval.json").read_text()
     assert '"env_id": "dynamite/Reacher-v0"' in run
 
 
-def test_reward_terms_table_of_saved_agents(tmp_path):
-    from conftest import run_script
+@pytest.mark.slow
+def test_tracked_runs_log_offline_to_one_wandb_run_each_with_the_comparison_s_group(tracked_reacher_comparison):
+    """Every script's --track, as a comparison starts it: one offline wandb run with the group, the tags, and the final
+    checkpoint as an artifact."""
+    for method in REACHER_METHODS:
+        offline = list((tracked_reacher_comparison / "runs" / method / "seed1" / "wandb").glob(
+            "offline-run-*/run-*.wandb"))
+        assert len(offline) == 1, offline
+        record = offline[0].read_bytes()
+        assert b"group-under-test" in record and method.encode() in record and b"seed1" in record  # group, tags
+        assert b"checkpoint.pt" in record, method
 
+
+@pytest.mark.slow
+def test_reward_terms_table_of_saved_agents(tmp_path):
     flags = ["--env-id", "dynamite/ScratchItch-v0", "--num-envs", "2", "--num-minibatches", "1", "--total-timesteps",
-             "100", "--eval-episodes", "1", "--save-model", "--env-kwargs", '{"horizon": 50, "session_length": 25}']
+             "100", "--eval-episodes", "1", "--save-model", "--env-kwargs", SHORT]
     runs = [run_script(script, *flags, cwd=tmp_path) for script in ("dynamite_rl.py", "varibad.py")]
     output = tmp_path / "terms.md"
     command = [sys.executable, os.path.join(ROOT, "benchmarks", "reward_terms.py"),

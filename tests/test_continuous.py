@@ -1,5 +1,5 @@
-"""Continuous control: every script trains on every MuJoCo DLCMDP and on ScratchItch, and a saved agent evaluates as
-it trained."""
+"""Continuous control: every script trains on a MuJoCo DLCMDP, every continuous environment trains with DynaMITE-RL,
+a saved agent evaluates as it trained, and videos render headless on MuJoCo and pybullet."""
 
 import json
 import os
@@ -11,33 +11,49 @@ import dynamite_rl
 import envs.protocol
 from conftest import ENCODER_STEPS, PHASE_FLAG, SCRIPTS, run_script
 
-# environment -> its sessions per episode at the defaults
-CONTINUOUS = {"dynamite/Reacher-v0": 8, "dynamite/HalfCheetahDir-v0": 8, "dynamite/HalfCheetahVel-v0": 8,
-              "dynamite/HalfCheetahWindVel-v0": 8, "dynamite/ScratchItch-v0": 4}
+pytestmark = pytest.mark.slow  # every test here trains
+
+CONTINUOUS = ["dynamite/Reacher-v0", "dynamite/HalfCheetahDir-v0", "dynamite/HalfCheetahVel-v0",
+              "dynamite/HalfCheetahWindVel-v0", "dynamite/ScratchItch-v0"]
+SHORT = {"horizon": 50, "session_length": 25}  # two sessions
+VIDEO = ["dynamite/HalfCheetahVel-v0", "dynamite/ScratchItch-v0"]
 
 
-def mujoco_tiny(script: str) -> list[str]:
-    """3,200 steps on 4 environments (2 iterations of 400-step episodes); for scripts with an encoder the second half
-    is the policy phase."""
-    flags = ["--num-envs", "4", "--num-minibatches", "2", "--total-timesteps", "3200", "--eval-episodes", "4",
-             "--log-every", "1", "--eval-every", "1", *ENCODER_STEPS.get(script, [])]
+def tiny(script: str) -> list[str]:
+    """400 steps on 4 environments (2 iterations of 50-step episodes); for scripts with an encoder the second is the
+    policy phase."""
+    flags = ["--num-envs", "4", "--num-minibatches", "2", "--total-timesteps", "400", "--eval-episodes", "2",
+             "--log-every", "1", "--eval-every", "1", "--env-kwargs", json.dumps(SHORT), *ENCODER_STEPS.get(script, [])]
     if script in PHASE_FLAG:
-        flags += [PHASE_FLAG[script], "1600", "--policy-num-envs", "4"]
+        flags += [PHASE_FLAG[script], "200", "--policy-num-envs", "4"]
     return flags
 
 
-@pytest.mark.parametrize("env_id", CONTINUOUS)
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_every_script_trains_on_every_continuous_environment(script, env_id, tmp_path):
-    flags = mujoco_tiny(script)
-    run_dir = run_script(script, *flags, "--env-id", env_id, cwd=tmp_path)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``trained(script, env_id)``: the folder of a tiny run, made once; DynaMITE-RL's runs also save their model, and
+    on HalfCheetah-Vel (MuJoCo) and ScratchItch (pybullet) a video."""
+    runs = {}
+
+    def get(script: str, env_id: str) -> str:
+        if (script, env_id) not in runs:
+            extra = ["--save-model"] if script == "dynamite_rl.py" else []
+            extra += ["--capture-video"] if script == "dynamite_rl.py" and env_id in VIDEO else []
+            runs[script, env_id] = run_script(script, *tiny(script), *extra, "--env-id", env_id,
+                                              cwd=tmp_path_factory.mktemp(script[:-3]))
+        return runs[script, env_id]
+
+    return get
+
+
+def assert_trained_with_continuous_defaults(run_dir, script, env_id):
     result = json.load(open(os.path.join(run_dir, "eval.json")))
     final = result["evaluations"][-1]
-    assert result["finished"] and final["global_step"] == 3200 and result["bayes_optimal_return"] is None
-    assert len(final["return_per_session"]) == CONTINUOUS[env_id] and len(final["consecutive_episode_returns"]) == 5
+    assert result["finished"] and final["global_step"] == 400 and result["bayes_optimal_return"] is None
+    assert len(final["return_per_session"]) == 2 and len(final["consecutive_episode_returns"]) == 5
     args = result["args"]
     assert args["ent_coef"] == (0.01 if env_id == "dynamite/ScratchItch-v0" else 0.05)
-    assert args["eval_episodes"] == 4 and args["norm_reward"] is True
+    assert args["eval_episodes"] == 2 and args["norm_reward"] is True
     if script != "rl2.py":
         assert args["embed_dim"] == 32
     if "latent_dim" in args:
@@ -45,13 +61,23 @@ def test_every_script_trains_on_every_continuous_environment(script, env_id, tmp
         assert args["state_decoder"] is (env_id == "dynamite/HalfCheetahWindVel-v0")
 
 
-def test_a_saved_agent_evaluates_exactly_as_the_run_evaluated_it(tmp_path):
-    flags = mujoco_tiny("dynamite_rl.py") + ["--save-model"]
-    run_dir = run_script("dynamite_rl.py", *flags, "--env-id", "dynamite/HalfCheetahVel-v0", cwd=tmp_path)
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_trains_on_a_continuous_environment(script, trained):
+    env_id = "dynamite/HalfCheetahVel-v0"
+    assert_trained_with_continuous_defaults(trained(script, env_id), script, env_id)
+
+
+@pytest.mark.parametrize("env_id", CONTINUOUS)
+def test_every_continuous_environment_trains(env_id, trained):
+    assert_trained_with_continuous_defaults(trained("dynamite_rl.py", env_id), "dynamite_rl.py", env_id)
+
+
+def test_a_saved_agent_evaluates_exactly_as_the_run_evaluated_it(trained):
+    run_dir = trained("dynamite_rl.py", "dynamite/HalfCheetahVel-v0")
     final = json.load(open(os.path.join(run_dir, "eval.json")))["evaluations"][-1]
     checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
     args = dynamite_rl.Args(**checkpoint["args"])
-    envs_ = envs.protocol.make_vector_env(args.env_id, 1, {})
+    envs_ = envs.protocol.make_vector_env(args.env_id, 1, SHORT)
     obs_dim, space = envs_.single_observation_space.shape[0], envs_.single_action_space
     modules = {"encoder": dynamite_rl.Encoder(obs_dim, space.shape[0], args),
                "agent": dynamite_rl.Agent(obs_dim, space, args),
@@ -59,17 +85,15 @@ def test_a_saved_agent_evaluates_exactly_as_the_run_evaluated_it(tmp_path):
     for name, module in modules.items():
         module.load_state_dict(checkpoint["modules"][name])
     assert modules["obs_scaling"].unbounded.all() and not torch.all(modules["obs_scaling"].scale == 1)
-    result = envs.protocol.evaluate(args.env_id, {}, lambda n: dynamite_rl.GreedyPolicy(
-        n, modules["encoder"], modules["agent"], modules["obs_scaling"], space, 400, args, "cpu"),
+    result = envs.protocol.evaluate(args.env_id, SHORT, lambda n: dynamite_rl.GreedyPolicy(
+        n, modules["encoder"], modules["agent"], modules["obs_scaling"], space, 50, args, "cpu"),
         args.eval_episodes, consecutive=5, seed=args.seed + 1_000_000)
     assert result["return"] == final["return"]
     assert result["consecutive_episode_returns"] == final["consecutive_episode_returns"]
 
 
-@pytest.mark.parametrize("env_id", ["dynamite/HalfCheetahVel-v0", "dynamite/ScratchItch-v0"])
-def test_capture_video_records_mujoco_and_pybullet_headless(env_id, tmp_path):
-    flags = ["--num-envs", "2", "--num-minibatches", "1", "--total-timesteps", "200", "--eval-episodes", "2",
-             "--encoder-train-steps", "0", "--capture-video", "--env-kwargs", '{"horizon": 100, "session_length": 25}']
-    run_dir = run_script("dynamite_rl.py", *flags, "--env-id", env_id, cwd=tmp_path)
-    videos = [f for f in os.listdir(os.path.join(run_dir, "videos")) if f.endswith(".mp4")]
-    assert videos and all(os.path.getsize(os.path.join(run_dir, "videos", f)) > 1000 for f in videos)
+@pytest.mark.parametrize("env_id", VIDEO)
+def test_capture_video_records_mujoco_and_pybullet_headless(env_id, trained):
+    folder = os.path.join(trained("dynamite_rl.py", env_id), "videos")
+    videos = [f for f in os.listdir(folder) if f.endswith(".mp4")]
+    assert len(videos) == 1 and os.path.getsize(os.path.join(folder, videos[0])) > 1000

@@ -1,15 +1,18 @@
-"""DynaMITE-RL: each loss term on hand-made inputs and a smoke run of every flag combination (what all the
-algorithm scripts share is tested in test_scripts.py)."""
+"""DynaMITE-RL: each loss term on hand-made inputs, what each ablation flag changes in the loss and at rollout
+time, and the beliefs of a rollout against the teacher-forced ones (what all the algorithm scripts share is tested
+in test_scripts.py)."""
 
 import itertools
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import dynamite_rl as dm
-from conftest import TINY, discrete_args, run_script
+from conftest import TINY, discrete_args, greedy_episode, run_script
 
 # two episodes of H = 6 steps, sessions by step: [0 0 0 1 1 1] and [0 0 1 1 1 2]
 SESSION_DONE = torch.tensor([[0, 0], [0, 1], [1, 0], [0, 0], [0, 1], [1, 1]], dtype=torch.bool)
@@ -133,19 +136,195 @@ def test_reconstruction_ignores_masked_out_targets():
         dm.reconstruction_loss(decoder, means, logvars, obs, actions, rewards, obs, SESSION_DONE, full, steps)
 
 
-FLAGS = list(itertools.product([True, False], repeat=4))
+# a batch of the two episodes above, (H, B, ...): 4-dim observations, 5 actions
+def hand_made_batch():
+    gen = torch.Generator().manual_seed(0)
+    obs, next_obs = torch.randn(6, 2, 4, generator=gen), torch.randn(6, 2, 4, generator=gen)
+    actions = torch.nn.functional.one_hot(torch.randint(5, (6, 2), generator=gen), 5).float()
+    return obs, actions, torch.randn(6, 2, generator=gen), next_obs, SESSION_DONE
 
 
-@pytest.mark.parametrize("consistency,conditioning,session_recon,oracle", FLAGS)
-def test_every_flag_combination_trains(tmp_path, consistency, conditioning, session_recon, oracle):
-    flags = [f"--{'' if on else 'no-'}{name}" for name, on in
-             (("consistency", consistency), ("conditioning", conditioning), ("session-recon", session_recon))]
-    if oracle:
-        flags.append("--oracle-sessions")
+def networks(args):
+    """Encoder, decoder and latent-dynamics prior of ``args``; the prior's output is moved away from N(0, I), so
+    that a KL target taken from it cannot pass for the standard normal."""
+    torch.manual_seed(0)
+    encoder, decoder, prior_net = dm.Encoder(4, 5, args), dm.Decoder(4, 5, args), dm.LatentDynamicsPrior(args)
+    with torch.no_grad():
+        prior_net.net[-1].bias.fill_(1.0)
+    return encoder, decoder, prior_net
+
+
+def assert_same_terms(terms, other, names):
+    for name in names:
+        torch.testing.assert_close(terms[name], other[name], rtol=0, atol=0, msg=name)
+
+
+def random_batch(horizon: int = 30, batch: int = 8):
+    """Random episodes with random session ends (p = 0.1 a step): long enough that the beliefs of an untrained
+    encoder sometimes move away from their session's final belief, which the consistency loss penalises."""
+    gen = torch.Generator().manual_seed(0)
+    obs, next_obs = torch.randn(horizon, batch, 4, generator=gen), torch.randn(horizon, batch, 4, generator=gen)
+    actions = torch.nn.functional.one_hot(torch.randint(5, (horizon, batch), generator=gen), 5).float()
+    done = torch.rand(horizon, batch, generator=gen) < 0.1
+    done[-1] = True
+    return obs, actions, torch.randn(horizon, batch, generator=gen), next_obs, done
+
+
+def test_no_consistency_removes_exactly_the_weighted_consistency_term():
+    # every belief decoded (decode_beliefs >= H): no random choice of beliefs between the two losses
+    on = discrete_args(dm, latent_dim=3, decode_beliefs=30)
+    off = discrete_args(dm, latent_dim=3, decode_beliefs=30, consistency=False)
+    nets, batch = networks(on), random_batch()
+    loss_on, terms_on = dm.vae_loss(*nets, batch, on, "cpu")
+    loss_off, terms_off = dm.vae_loss(*nets, batch, off, "cpu")
+    means, logvars, _, _ = dm.encode_episodes(nets[0], *batch[:3], batch[4], on, "cpu")
+    torch.testing.assert_close(terms_on["consistency"], dm.consistency_loss(means, logvars, batch[4]))
+    assert terms_on["consistency"] > 0, "the batch must have a consistency penalty to remove"
+    assert set(terms_off) == {"reconstruction", "kl", "termination"}
+    assert_same_terms(terms_off, terms_on, terms_off)
+    assert torch.equal(loss_on, loss_off + on.consistency_weight * terms_on["consistency"])
+
+
+def test_no_session_recon_makes_every_belief_reconstruct_the_whole_episode():
+    on, off = discrete_args(dm, latent_dim=3), discrete_args(dm, latent_dim=3, session_recon=False)
+    assert on.decode_beliefs >= 6 and on.decode_mean  # every belief decoded, by its mean: no sampling
+    nets = networks(on)
+    batch = hand_made_batch()
+    loss_on, terms_on = dm.vae_loss(*nets, batch, on, "cpu")
+    loss_off, terms_off = dm.vae_loss(*nets, batch, off, "cpu")
+    obs, actions, rewards, next_obs, done = batch
+    means, logvars, _, _ = dm.encode_episodes(nets[0], obs, actions, rewards, done, on, "cpu")
+
+    def reconstruction(mask):
+        return dm.reconstruction_loss(nets[1], means, logvars, obs, actions, rewards, next_obs, done, mask,
+                                      torch.arange(6), sample=False)
+
+    sessions = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 2]]).T  # written out, not computed by the script
+    torch.testing.assert_close(terms_on["reconstruction"], reconstruction(sessions[:, None] == sessions[None, :]))
+    torch.testing.assert_close(terms_off["reconstruction"], reconstruction(torch.ones(6, 6, 2, dtype=torch.bool)))
+    assert terms_off["reconstruction"] > terms_on["reconstruction"] + 1e-3  # the other sessions' targets are added
+    assert_same_terms(terms_off, terms_on, ("kl", "termination", "consistency"))
+    torch.testing.assert_close(loss_off - loss_on, terms_off["reconstruction"] - terms_on["reconstruction"])
+
+
+def test_no_conditioning_ignores_the_previous_session_belief_and_targets_a_standard_normal_at_every_session_start():
+    on, off = discrete_args(dm, latent_dim=3), discrete_args(dm, latent_dim=3, conditioning=False)
+    (encoder_on, decoder, prior_net), (encoder_off, _, _) = networks(on), networks(off)
+    assert encoder_on.fc[0].in_features == 3 * on.embed_dim + 2 * on.latent_dim
+    assert encoder_off.fc[0].in_features == 3 * off.embed_dim  # the encoder has no such input
+    obs, actions, rewards, next_obs, done = batch = hand_made_batch()
+    # so its beliefs are those of the same episodes without session ends; with conditioning, those of the
+    # sessions after the first one change
+    no_ends = torch.zeros_like(done)
+    for encoder, args in ((encoder_off, off), (encoder_on, on)):
+        with_ends = dm.encode_episodes(encoder, obs, actions, rewards, done, args, "cpu")[0]
+        without = dm.encode_episodes(encoder, obs, actions, rewards, no_ends, args, "cpu")[0]
+        if args.conditioning:
+            assert torch.equal(with_ends[:3, 0], without[:3, 0])  # episode 0's first session: steps 0-2
+            assert not torch.allclose(with_ends[3:, 0], without[3:, 0])
+        else:
+            assert torch.equal(with_ends, without)
+    # and every session start is pulled towards N(0, I), never towards the latent-dynamics prior
+    standard = (torch.zeros(6, 2, 3), torch.zeros(6, 2, 3))
+    for encoder, args in ((encoder_off, off), (encoder_on, on)):
+        means, logvars, _, _ = dm.encode_episodes(encoder, obs, actions, rewards, done, args, "cpu")
+        kl = dm.vae_loss(encoder, decoder, prior_net, batch, args, "cpu")[1]["kl"]
+        if args.conditioning:
+            assert not torch.allclose(kl, dm.kl_loss(means, logvars, done, standard))
+        else:
+            torch.testing.assert_close(kl, dm.kl_loss(means, logvars, done, standard))
+
+
+def test_oracle_sessions_leaves_the_training_loss_as_it_is():
+    """The VAE always trains on the true session ends; --oracle-sessions changes only session_end_signal."""
+    on, off = discrete_args(dm, latent_dim=3, oracle_sessions=True), discrete_args(dm, latent_dim=3)
+    nets = networks(on)
+    loss_on, terms_on = dm.vae_loss(*nets, hand_made_batch(), on, "cpu")
+    loss_off, terms_off = dm.vae_loss(*nets, hand_made_batch(), off, "cpu")
+    assert torch.equal(loss_on, loss_off) and terms_on.keys() == terms_off.keys()
+    assert_same_terms(terms_on, terms_off, terms_on)
+
+
+def test_session_end_signal_is_the_true_end_with_oracle_sessions_and_the_head_above_one_half_otherwise():
+    info = {"session_done": np.array([True, False, False, True, False])}
+    logits = torch.tensor([-3.0, 2.0, 0.0, 0.1, -0.1])  # sigmoid: 0.05, 0.88, 0.5, 0.52, 0.48
+    oracle = dm.session_end_signal(info, logits, discrete_args(dm, oracle_sessions=True), "cpu")
+    head = dm.session_end_signal(info, logits, discrete_args(dm), "cpu")
+    assert oracle.dtype == head.dtype == torch.bool
+    assert oracle.tolist() == [True, False, False, True, False]
+    assert head.tolist() == [False, True, False, True, False]
+
+
+def test_teacher_forcing_conditions_each_session_on_the_final_belief_of_the_one_before():
+    """prev_session_beliefs[t] is the belief (mean, logvar) at the last step of the previous session, zeros in the
+    first session, and it is what the encoder reads at step t."""
+    args = discrete_args(dm, latent_dim=3)
+    encoder = networks(args)[0]
+    obs, actions, rewards, _, done = hand_made_batch()
+    read = []
+    encoder.fc.register_forward_hook(lambda module, inputs, output: read.append(inputs[0][:, -6:]))
+    means, logvars, _, prev = dm.encode_episodes(encoder, obs, actions, rewards, done, args, "cpu")
+    beliefs = torch.cat([means, logvars], -1)
+    last_step = [{0: 2, 1: 5}, {0: 1, 1: 4, 2: 5}]  # episode -> session -> its last step
+    sessions = [[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 2]]
+    for t, b in itertools.product(range(6), range(2)):
+        session = sessions[b][t]
+        expected = torch.zeros(6) if session == 0 else beliefs[last_step[b][session - 1], b]
+        assert torch.equal(prev[t, b], expected), (t, b)
+        assert torch.equal(read[t][b], expected), (t, b)
+
+
+SCHEDULES = [{"schedule": "fixed"}, {"schedule": "bernoulli", "session_prob": 0.1},
+             {"schedule": "poisson", "num_sessions": 6}]
+
+
+@pytest.mark.parametrize("env_kwargs", SCHEDULES)
+def test_rollout_beliefs_with_the_true_session_ends_are_the_teacher_forced_beliefs(env_kwargs):
+    """The beliefs an agent carries through an episode, told the true session ends (--oracle-sessions), are those
+    the VAE trains on: encode_episodes over the same episode with the same ends."""
+    args = discrete_args(dm, oracle_sessions=True)
+    torch.manual_seed(0)
+    encoder = dm.Encoder(6, 5, args)
+    episode = greedy_episode(dm, encoder, args, env_kwargs)
+    done = episode["session_done"]
+    if env_kwargs["schedule"] != "fixed":
+        assert (done != done[:, :1]).any(), "the sessions end at different steps in different episodes"
+    means, logvars, _, _ = dm.encode_episodes(encoder, episode["obs"], episode["actions"], episode["rewards"], done,
+                                              args, "cpu")
+    torch.testing.assert_close(episode["beliefs"], torch.cat([means, logvars], -1))
+    ignoring_ends = dm.encode_episodes(encoder, episode["obs"], episode["actions"], episode["rewards"],
+                                       torch.zeros_like(done), args, "cpu")[0]
+    assert not torch.allclose(means, ignoring_ends), "the session ends must matter to these beliefs"
+
+
+@pytest.mark.parametrize("fires", [False, True])
+def test_without_oracle_sessions_the_rollout_ends_sessions_where_the_termination_head_fires(fires):
+    args = discrete_args(dm)
+    torch.manual_seed(0)
+    encoder = dm.Encoder(6, 5, args)
+    with torch.no_grad():  # a head that fires at every step, or never, whatever the true ends
+        encoder.termination.weight.zero_()
+        encoder.termination.bias.fill_(30.0 if fires else -30.0)
+    episode = greedy_episode(dm, encoder, args, SCHEDULES[0])
+    marked = torch.full_like(episode["session_done"], fires)
+    means, logvars, _, _ = dm.encode_episodes(encoder, episode["obs"], episode["actions"], episode["rewards"], marked,
+                                              args, "cpu")
+    torch.testing.assert_close(episode["beliefs"], torch.cat([means, logvars], -1))
+
+
+@pytest.mark.slow
+def test_every_component_turned_off_with_true_session_ends_trains_and_evaluates(tmp_path):
+    """The ablation flags end to end: the run finishes, logs no consistency loss, and its encoder reads no belief."""
+    flags = ["--no-consistency", "--no-conditioning", "--no-session-recon", "--oracle-sessions", "--save-model"]
     run_dir = run_script("dynamite_rl.py", *TINY["dynamite_rl.py"], *flags, cwd=tmp_path)
     result = json.load(open(os.path.join(run_dir, "eval.json")))
-    final = result["evaluations"][-1]
-    assert final["global_step"] == 960 and len(final["return_per_session"]) == 4
-    assert len(final["consecutive_episode_returns"]) == 5
-    assert result["bayes_optimal_return"] == pytest.approx(47.370, abs=1e-3)
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
+    assert result["finished"] and result["evaluations"][-1]["global_step"] == 960
+    assert [result["args"][k] for k in ("consistency", "conditioning", "session_recon", "oracle_sessions")] == \
+        [False, False, False, True]
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    logged = events.Tags()["scalars"]
+    assert {"losses/reconstruction", "losses/kl", "losses/termination"} <= set(logged)
+    assert "losses/consistency" not in logged
+    weights = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["modules"]["encoder"]
+    assert weights["fc.0.weight"].shape[1] == 3 * result["args"]["embed_dim"]

@@ -34,6 +34,7 @@ def test_default_values_match_the_spec():
     assert table["memoryless"]["total"] == pytest.approx(46.278, abs=5e-4)
 
 
+@pytest.mark.slow  # tens of thousands of simulated episodes
 @pytest.mark.parametrize("mode,episodes", [("bayes", 20000), ("oracle", 10000), ("memoryless", 10000), ("random", 10000)])
 def test_policies_played_in_the_environment_match_their_values(mode, episodes):
     """The DP policy, acting on what it observes in GridworldVectorEnv, earns what the DP says it earns."""
@@ -44,6 +45,7 @@ def test_policies_played_in_the_environment_match_their_values(mode, episodes):
     assert (np.abs(per_session - expected["per_session"]) < 4 * stderr).all()
 
 
+@pytest.mark.slow  # thousands of simulated episodes
 @pytest.mark.parametrize("seed", range(3))
 def test_nondefault_settings_simulate_to_their_values(seed):
     rng = np.random.default_rng(seed)
@@ -126,8 +128,8 @@ TINY = [
          goal_reward=2.0, step_reward=-0.5),
     dict(size=2, num_goals=3, transition_matrix=[[0.0, 0.5, 0.5], [1.0, 0.0, 0.0], [0.2, 0.3, 0.5]],
          session_length=2, horizon=5),
-    dict(size=3, num_goals=3, transition_matrix=[[0.6, 0.4, 0.0], [0.0, 0.6, 0.4], [0.4, 0.0, 0.6]],
-         session_length=2, horizon=4),
+    pytest.param(dict(size=3, num_goals=3, transition_matrix=[[0.6, 0.4, 0.0], [0.0, 0.6, 0.4], [0.4, 0.0, 0.6]],
+                      session_length=2, horizon=4), marks=pytest.mark.slow, id="3x3-3-goals"),  # 504 goal tuples
     dict(size=2, num_goals=2, transition_matrix=[[0.5, 0.5], [0.1, 0.9]], session_length=1, horizon=5),
 ]
 
@@ -190,6 +192,7 @@ def test_a_reference_too_big_for_the_memory_is_refused_at_once_with_what_would_f
     assert time.perf_counter() - start < 5
 
 
+@pytest.mark.slow
 def test_the_command_refuses_in_one_line_without_a_traceback():
     command = [sys.executable, "-m", "envs.gridworld_reference", "--size", "7", "--num-goals", "4"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -14,7 +14,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import envs.gridworld
-from conftest import ROOT, SCRIPTS, TINY, run_script
+from conftest import PHASE_FLAG, ROOT, SCRIPTS, TINY, run_script
 
 
 @pytest.fixture(params=SCRIPTS)
@@ -35,12 +35,10 @@ def folder_state(folder) -> dict:
     return {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in os.listdir(folder)}
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, str]:
-    """A finished 3-iteration run of every script with --save-model, evaluated after every iteration."""
-    folder = tmp_path_factory.mktemp("checkpoints")
-    return {s: os.path.join(run_script(s, *TINY[s], "--total-timesteps", "1440", "--save-model", "--eval-every", "1",
-                                       cwd=folder / s[:-3]), "checkpoint.pt") for s in SCRIPTS}
+@pytest.fixture
+def checkpoint(finished_run, script) -> str:
+    """The checkpoint of a finished 2-iteration run of the script, evaluated and saved after every iteration."""
+    return os.path.join(finished_run(script), "checkpoint.pt")
 
 
 # bad settings: one line naming the flag, its value and what is allowed, the same words in every script
@@ -93,23 +91,28 @@ def test_an_algorithm_s_own_bad_settings_stop_with_one_line(script, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_no_traceback_reaches_the_user(script, tmp_path):
-    """As a user sees it: exit status 1, one line on stderr, no run folder."""
-    result = subprocess.run([sys.executable, os.path.join(ROOT, script), "--gamma", "1.5"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
-    assert result.stderr.strip() == "error: --gamma 1.5 is out of range: it must be in (0, 1]"
+@pytest.mark.slow
+def test_no_traceback_reaches_the_user(tmp_path):
+    """As a user sees it, in every script (started at once): exit status 1, one line on stderr, no run folder."""
+    processes = {script: subprocess.Popen([sys.executable, os.path.join(ROOT, script), "--gamma", "1.5"], cwd=tmp_path,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for script in SCRIPTS}
+    for script, process in processes.items():
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 1, script
+        assert stderr.strip() == "error: --gamma 1.5 is out of range: it must be in (0, 1]", script
     assert not (tmp_path / "runs").exists()
 
 
 # checkpoints
-def test_a_checkpoint_loads_as_data_only_with_its_header(checkpoints, script):
-    checkpoint = torch.load(checkpoints[script], weights_only=True)  # tensors and plain data: no code runs
-    assert checkpoint["header"] == {"script": script, "format": 1, "env_id": "dynamite/Gridworld-v0"}
-    assert checkpoint["iteration"] == 3 and checkpoint["global_step"] == 1440
-    assert [e["iteration"] for e in checkpoint["evaluations"]] == [1, 2, 3]  # what eval.json holds, too
-    saved = json.load(open(os.path.join(os.path.dirname(checkpoints[script]), "eval.json")))["evaluations"]
-    assert [e["return"] for e in checkpoint["evaluations"]] == [e["return"] for e in saved]
+@pytest.mark.slow
+def test_a_checkpoint_loads_as_data_only_with_its_header(checkpoint, script):
+    saved = torch.load(checkpoint, weights_only=True)  # tensors and plain data: no code runs
+    assert saved["header"] == {"script": script, "format": 1, "env_id": "dynamite/Gridworld-v0"}
+    assert saved["iteration"] == 2 and saved["global_step"] == 960
+    assert [e["iteration"] for e in saved["evaluations"]] == [1, 2]  # what eval.json holds, too
+    written = json.load(open(os.path.join(os.path.dirname(checkpoint), "eval.json")))["evaluations"]
+    assert [e["return"] for e in saved["evaluations"]] == [e["return"] for e in written]
 
 
 class RunsCode:
@@ -122,12 +125,14 @@ class RunsCode:
         return os.mkdir, (self.path,)
 
 
-def write_bad_checkpoint(kind: str, folder, good: str) -> str:
+def write_bad_checkpoint(kind: str, folder) -> str:
     path = os.path.join(folder, "checkpoint.pt")
     if kind == "empty":
         open(path, "wb").close()
-    elif kind == "truncated":
-        data = open(good, "rb").read()
+    elif kind == "truncated":  # the first half of a file in the checkpoint format
+        torch.save({"header": {"script": "dynamite_rl.py", "format": 1, "env_id": "dynamite/Gridworld-v0"},
+                    "modules": {"agent": {"weight": torch.randn(256, 256)}}}, path)
+        data = open(path, "rb").read()
         open(path, "wb").write(data[: len(data) // 2])
     elif kind == "text":
         open(path, "w").write("not a checkpoint\n")
@@ -145,11 +150,10 @@ def write_bad_checkpoint(kind: str, folder, good: str) -> str:
     ("code", "holds objects other than tensors and plain data"),
     ("no header", "is not of this library's checkpoint format 1"),
 ])
-def test_a_file_that_is_not_a_checkpoint_stops_with_one_line_and_writes_nothing(checkpoints, script, kind, message,
-                                                                                 tmp_path):
+def test_a_file_that_is_not_a_checkpoint_stops_with_one_line_and_writes_nothing(script, kind, message, tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
-    path = write_bad_checkpoint(kind, folder, checkpoints[script])
+    path = write_bad_checkpoint(kind, folder)
     before = folder_state(folder)
     error = fails(script, "--resume", path, cwd=tmp_path)
     assert message in error and repr(path) in error
@@ -166,17 +170,19 @@ def copy_of(checkpoint_path: str, folder, edit=None) -> str:
     return os.path.join(folder, "checkpoint.pt")
 
 
-def test_a_checkpoint_of_another_script_names_both(checkpoints, script, tmp_path):
+@pytest.mark.slow
+def test_a_checkpoint_of_another_script_names_both(finished_run, script, tmp_path):
     other = SCRIPTS[(SCRIPTS.index(script) + 1) % len(SCRIPTS)]
-    path = copy_of(checkpoints[other], tmp_path / "other")
+    path = copy_of(os.path.join(finished_run(other), "checkpoint.pt"), tmp_path / "other")
     before = folder_state(tmp_path / "other")
     error = fails(script, "--resume", path, cwd=tmp_path)
     assert f"is one of {other} on dynamite/Gridworld-v0, not of {script}" in error
     assert folder_state(tmp_path / "other") == before
 
 
-def test_another_environment_or_setting_given_with_resume_is_refused(checkpoints, script, tmp_path):
-    path = copy_of(checkpoints[script], tmp_path / "run")
+@pytest.mark.slow
+def test_another_environment_or_setting_given_with_resume_is_refused(checkpoint, script, tmp_path):
+    path = copy_of(checkpoint, tmp_path / "run")
     before = folder_state(tmp_path / "run")
     error = fails(script, "--resume", path, "--env-id", "dynamite/Reacher-v0", cwd=tmp_path)
     assert "is a run on dynamite/Gridworld-v0, not on --env-id dynamite/Reacher-v0" in error
@@ -187,48 +193,53 @@ def test_another_environment_or_setting_given_with_resume_is_refused(checkpoints
     assert folder_state(tmp_path / "run") == before
 
 
-def test_a_missing_or_misshapen_module_is_an_error_not_a_random_network(checkpoints, script, tmp_path):
-    def drop_scaling(checkpoint):
-        del checkpoint["modules"]["obs_scaling"]
+@pytest.mark.slow
+def test_a_missing_or_misshapen_module_is_an_error_not_a_random_network(checkpoint, script, tmp_path):
+    def drop_scaling(saved):
+        del saved["modules"]["obs_scaling"]
 
-    def widen(checkpoint):
-        weights = checkpoint["modules"]["agent"]
+    def widen(saved):
+        weights = saved["modules"]["agent"]
         name = next(k for k in weights if k.endswith("weight"))
         weights[name] = torch.zeros(weights[name].shape[0] + 1, *weights[name].shape[1:])
 
-    path = copy_of(checkpoints[script], tmp_path / "a", drop_scaling)
+    path = copy_of(checkpoint, tmp_path / "a", drop_scaling)
     assert "has no 'obs_scaling' module" in fails(script, "--resume", path, "--total-timesteps", "1920", cwd=tmp_path)
-    path = copy_of(checkpoints[script], tmp_path / "b", widen)
+    path = copy_of(checkpoint, tmp_path / "b", widen)
     assert "its 'agent' does not fit this run" in fails(script, "--resume", path, "--total-timesteps", "1920",
                                                         cwd=tmp_path)
     assert not (tmp_path / "runs").exists() and sorted(os.listdir(tmp_path / "a")) == ["checkpoint.pt"]
 
 
-def test_resume_takes_the_settings_of_the_checkpoint_and_extends_only_what_it_is_told(checkpoints, script, tmp_path):
-    path = copy_of(checkpoints[script], tmp_path / "run")
-    assert "the run has finished its 3 iterations" in fails(script, "--resume", path, cwd=tmp_path)
-    run_script(script, "--resume", path, "--total-timesteps", "1920", cwd=tmp_path)
+@pytest.mark.slow
+def test_resume_takes_the_settings_of_the_checkpoint_and_extends_only_what_it_is_told(checkpoint, script, tmp_path):
+    path = copy_of(checkpoint, tmp_path / "run")
+    assert "the run has finished its 2 iterations" in fails(script, "--resume", path, cwd=tmp_path)
+    run_script(script, "--resume", path, "--total-timesteps", "1440", cwd=tmp_path)
     result = json.load(open(tmp_path / "run" / "eval.json"))
-    started = torch.load(checkpoints[script], weights_only=True)["args"]
+    started = torch.load(checkpoint, weights_only=True)["args"]
     changed = {k: v for k, v in result["args"].items() if started[k] != v}
-    assert changed == {"total_timesteps": 1920, "resume": path}
-    assert [e["iteration"] for e in result["evaluations"]] == [1, 2, 3, 4]  # eval_every 1 kept, not the default 25
+    assert changed == {"total_timesteps": 1440, "resume": path}
+    assert [e["iteration"] for e in result["evaluations"]] == [1, 2, 3]  # eval_every 1 kept, not the default 25
 
 
-def test_a_checkpoint_resumes_on_the_device_it_is_loaded_to(checkpoints, script):
+@pytest.mark.slow
+def test_a_checkpoint_resumes_on_the_device_it_is_loaded_to(checkpoint, script):
     import importlib
 
     algo = importlib.import_module(script[:-3])
-    checkpoint = algo.load_checkpoint(checkpoints[script], torch.device("meta"))  # as a GPU's would on the CPU
-    assert checkpoint["modules"]["agent"][next(iter(checkpoint["modules"]["agent"]))].device.type == "meta"
+    loaded = algo.load_checkpoint(checkpoint, torch.device("meta"))  # as a GPU's would on the CPU
+    assert loaded["modules"]["agent"][next(iter(loaded["modules"]["agent"]))].device.type == "meta"
 
 
 # non-finite values
+@pytest.mark.slow
 def test_an_enormous_reward_stops_the_run_at_a_named_term(script, tmp_path):
     error = fails(script, *TINY[script], "--env-kwargs", '{"step_reward": 1e20}', cwd=tmp_path)
     assert "is not finite at iteration 1: the run stops" in error
 
 
+@pytest.mark.slow
 def test_a_reward_that_is_not_finite_stops_the_run_and_keeps_the_last_good_checkpoint(script, tmp_path, monkeypatch):
     """The training environments start paying inf in the third iteration; the checkpoint of the second stays."""
     step, calls = envs.gridworld.GridworldVectorEnv.step, []
@@ -264,28 +275,74 @@ def losses(run_dir) -> dict[str, list[tuple[int, float]]]:
             if tag.startswith("losses/")}
 
 
+# 6 iterations, evaluated and saved every 2; for the scripts with an encoder phase, 3 iterations of 8 environments
+# train the encoder, then 3 of 4 a fresh policy
+def kill_args(script: str) -> list[str]:
+    args = [*TINY[script], "--save-model", "--eval-every", "2"]
+    if script in PHASE_FLAG:
+        return [*args, "--total-timesteps", str(60 * 8 * 3 + 60 * 4 * 3), PHASE_FLAG[script], str(60 * 8 * 3),
+                "--policy-num-envs", "4"]
+    return [*args, "--total-timesteps", str(60 * 8 * 6)]
+
+
+# ``python -c KILLED_AT <script> <line> <args>``: runs the script, which SIGKILLs itself as it prints a line starting
+# with <line>: a kill -9 at a known point of the run, with no chance to clean up
+KILLED_AT = """
+import os, runpy, signal, sys
+
+script, line, *args = sys.argv[1:]
+
+
+class KillOnLine:
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        if text.startswith(line):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+sys.stdout, sys.argv = KillOnLine(sys.stdout), [script, *args]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+# where a kill -9 lands, and the checkpoint the run then resumes from
+KILL_POINTS = {
+    "iter 5/": 4,  # between two iterations; resumed in the policy phase where the script has one
+    "eval  iter 4:": 2,  # eval.json has evaluation 4, its checkpoint is not written yet; resumed across the phases
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at", ["iter 5/", "eval  iter 4:"])  # mid-iteration; between eval.json and checkpoint
-def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_result(script, kill_at, tmp_path):
-    args = [*TINY[script], "--total-timesteps", str(60 * 8 * 8), "--save-model", "--eval-every", "2"]
-    straight = run_script(script, *args, cwd=tmp_path / "straight")
-    os.makedirs(tmp_path / "cut")
-    process = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], cwd=tmp_path / "cut",
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in process.stdout:
-        if line.startswith(kill_at):
-            process.send_signal(signal.SIGKILL)
-            break
-    output = process.communicate(timeout=300)[0]
-    assert process.returncode == -signal.SIGKILL, output
-    checkpoint_path = next((tmp_path / "cut" / "runs").glob("*/checkpoint.pt"))
-    resumed = run_script(script, "--resume", str(checkpoint_path), cwd=tmp_path / "cut")
+def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_result(script, tmp_path):
+    """Both kills run at once, one process each; then the uninterrupted run, and each killed run resumed to its end:
+    the same evaluations (each once), TensorBoard losses and weights."""
+    folders = {line: tmp_path / f"killed_{i}" for i, line in enumerate(KILL_POINTS)}
+    processes = {}
+    for line, folder in folders.items():
+        folder.mkdir()
+        processes[line] = subprocess.Popen([sys.executable, "-c", KILLED_AT, os.path.join(ROOT, script), line,
+                                            *kill_args(script)], cwd=folder, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, text=True)
+    outputs = {line: process.communicate(timeout=300)[0] for line, process in processes.items()}
+    straight = run_script(script, *kill_args(script), cwd=tmp_path / "straight")
 
     keys = ("iteration", "global_step", "return", "return_std", "return_per_session", "consecutive_episode_returns")
-    got, expected = (json.load(open(os.path.join(d, "eval.json"))) for d in (resumed, straight))
-    assert got["finished"] and [[e[k] for k in keys] for e in got["evaluations"]] == \
-        [[e[k] for k in keys] for e in expected["evaluations"]]  # each evaluation once, as uninterrupted
-    assert losses(resumed) == losses(straight)
-    final, uninterrupted = (torch.load(os.path.join(d, "checkpoint.pt"), weights_only=True)["modules"]
-                            for d in (resumed, straight))
-    assert all(torch.equal(v, uninterrupted[m][k]) for m in final for k, v in final[m].items())
+    expected = json.load(open(os.path.join(straight, "eval.json")))["evaluations"]
+    expected_weights = torch.load(os.path.join(straight, "checkpoint.pt"), weights_only=True)["modules"]
+    for line, folder in folders.items():
+        assert processes[line].returncode == -signal.SIGKILL, outputs[line]
+        checkpoint_path = next((folder / "runs").glob("*/checkpoint.pt"))
+        assert torch.load(checkpoint_path, weights_only=True)["iteration"] == KILL_POINTS[line], line
+        resumed = run_script(script, "--resume", str(checkpoint_path), cwd=folder)
+        got = json.load(open(os.path.join(resumed, "eval.json")))
+        assert got["finished"] and [[e[k] for k in keys] for e in got["evaluations"]] == \
+            [[e[k] for k in keys] for e in expected], line  # each evaluation once, as uninterrupted
+        assert losses(resumed) == losses(straight), line
+        weights = torch.load(os.path.join(resumed, "checkpoint.pt"), weights_only=True)["modules"]
+        assert all(torch.equal(v, expected_weights[m][k]) for m in weights for k, v in weights[m].items()), line

@@ -2,6 +2,7 @@
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 
 import envs.protocol
@@ -57,6 +58,7 @@ def test_every_episode_starts_from_a_zero_memory():
     torch.testing.assert_close(first[0, :, 7:], expected)
 
 
+@pytest.mark.slow
 def test_the_update_replays_the_rollout_exactly(tmp_path):
     """The first PPO minibatch recomputes the rollout's log-probabilities from a zero memory: a rollout that
     carried memory over from the previous episode would make them differ."""

@@ -1,10 +1,11 @@
 """What every algorithm script shares: the same helpers (each file has its own copy, so each copy is tested),
-and the same command-line behaviour: determinism, resume after Ctrl-C, errors, tracking, video."""
+and the same command-line behaviour: evaluations and logs, determinism, Ctrl-C and resume, the two phases, video, and
+rollout beliefs that are the ones the VAE trains on (--track: test_runner.py, where a comparison tracks every
+script)."""
 
 import json
 import os
 import signal
-import subprocess
 import sys
 
 import gymnasium as gym
@@ -18,7 +19,7 @@ import dynamite_rl
 import envs.protocol
 import rl2
 import varibad
-from conftest import PHASE_FLAG, ROOT, SCRIPTS, TINY, VAE_SCRIPTS, discrete_args, run_script
+from conftest import FINISHED, PHASE_FLAG, SCRIPTS, TINY, VAE_SCRIPTS, discrete_args, run_script
 
 MODULES = {"dynamite_rl.py": dynamite_rl, "varibad.py": varibad, "rl2.py": rl2, "contrabar.py": contrabar}
 # an episode pair of H = 6 steps with session ends marked
@@ -50,16 +51,6 @@ def vae_algo(request):
     return MODULES[request.param]
 
 
-def test_a_run_writes_its_evaluations_and_tensorboard_log(script, tmp_path):
-    run_dir = run_script(script, *TINY[script], cwd=tmp_path)
-    result = json.load(open(os.path.join(run_dir, "eval.json")))
-    final = result["evaluations"][-1]
-    assert result["finished"] and final["global_step"] == 960 and len(final["return_per_session"]) == 4
-    assert len(final["consecutive_episode_returns"]) == 5 and final["episodes"] == 16
-    assert final["fraction_of_bayes_optimal"] == pytest.approx(final["return"] / 47.370, abs=1e-4)
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
-
-
 def test_gaussian_kl_matches_torch_distributions(vae_algo):
     gen = torch.Generator().manual_seed(0)
     mq, lq, mp, lp = (torch.randn(7, 3, 5, generator=gen) for _ in range(4))
@@ -80,87 +71,6 @@ def test_gae_with_termination_and_truncation_matches_hand_computation(algo):
     expected = [d[0] + gamma * lam * d[1], d[1], d[2] + gamma * lam * d[3], d[3]]
     torch.testing.assert_close(advantages[:, 0], torch.stack(expected))
     torch.testing.assert_close(returns, advantages + values)
-
-
-def final_weights(run_dir):
-    checkpoint = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)
-    return checkpoint, {f"{m}.{k}": v for m, sd in checkpoint["modules"].items() for k, v in sd.items()}
-
-
-def test_same_seed_gives_identical_runs_and_another_seed_does_not(script, tmp_path):
-    args = [*TINY[script], "--total-timesteps", "1440", "--save-model", "--eval-every", "1"]
-    first = run_script(script, *args, cwd=tmp_path / "a")
-    second = run_script(script, *args, cwd=tmp_path / "b")
-    other = run_script(script, *args, "--seed", "2", cwd=tmp_path / "c")
-    _, w1 = final_weights(first)
-    _, w2 = final_weights(second)
-    _, w3 = final_weights(other)
-    assert all(torch.equal(w1[k], w2[k]) for k in w1)
-    assert not all(torch.equal(w1[k], w3[k]) for k in w1)
-    evals = [json.load(open(os.path.join(d, "eval.json")))["evaluations"] for d in (first, second)]
-    assert [e["return"] for e in evals[0]] == [e["return"] for e in evals[1]]
-
-
-def interrupt_and_resume(script, args, stop_line, total_iterations, tmp_path):
-    """Ctrl-C a run of 5,760 steps at ``stop_line`` and --resume it; it must end with an uninterrupted run's weights."""
-    straight = run_script(script, *args, cwd=tmp_path / "straight")
-    os.makedirs(tmp_path / "cut")
-    process = subprocess.Popen([sys.executable, os.path.join(ROOT, script), *args], cwd=tmp_path / "cut",
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in process.stdout:
-        if line.startswith(stop_line):
-            process.send_signal(signal.SIGINT)
-            break
-    output = process.communicate(timeout=300)[0]
-    assert process.returncode == 130, output
-    checkpoint_path = next((tmp_path / "cut" / "runs").glob("*/checkpoint.pt"))
-    stopped_at = torch.load(checkpoint_path, weights_only=True)["iteration"]
-    assert int(stop_line.split()[1].rstrip("/")) <= stopped_at < total_iterations, output
-    resumed = run_script(script, "--resume", str(checkpoint_path), "--total-timesteps", str(60 * 8 * 12),
-                         cwd=tmp_path / "cut")
-    checkpoint, resumed_weights = final_weights(resumed)
-    _, straight_weights = final_weights(straight)
-    assert checkpoint["iteration"] == total_iterations
-    assert all(torch.equal(resumed_weights[k], straight_weights[k]) for k in straight_weights)
-
-
-def test_interrupted_run_resumes_to_the_same_result(script, tmp_path):
-    """Ctrl-C finishes the iteration and saves; --resume then ends exactly where an uninterrupted run ends."""
-    args = [*TINY[script], "--total-timesteps", str(60 * 8 * 12), "--save-model", "--eval-every", "0"]
-    interrupt_and_resume(script, args, "iter 2/", 12, tmp_path)
-
-
-@pytest.mark.parametrize("stop_line", ["iter 2/", "iter 9/"])
-def test_a_two_phase_run_resumes_to_the_same_result_from_either_phase(encoder_script, stop_line, tmp_path):
-    """6 iterations of 8 environments train the encoder, then 12 of 4 the fresh policy; interrupted in the first
-    phase (the resumed run crosses into the second) or in the second, it ends where an uninterrupted run ends."""
-    args = [*TINY[encoder_script], "--total-timesteps", str(60 * 8 * 12), PHASE_FLAG[encoder_script], str(60 * 8 * 6),
-            "--policy-num-envs", "4", "--save-model", "--eval-every", "0"]
-    interrupt_and_resume(encoder_script, args, stop_line, 18, tmp_path)
-
-
-def test_the_policy_phase_freezes_the_encoder_and_starts_a_fresh_policy(encoder_script, tmp_path):
-    common = [*TINY[encoder_script], "--save-model", "--eval-every", "1"]
-    encoder_only = run_script(encoder_script, *common, "--total-timesteps", "480", cwd=tmp_path / "a")
-    both = run_script(encoder_script, *common, "--total-timesteps", "960", PHASE_FLAG[encoder_script], "480",
-                      "--policy-num-envs", "4", cwd=tmp_path / "b")
-    evaluations = json.load(open(os.path.join(both, "eval.json")))["evaluations"]
-    assert [e["global_step"] for e in evaluations] == [480, 720, 960]  # 1 iteration of 8 episodes, 2 of 4
-    before, after = torch.load(os.path.join(encoder_only, "checkpoint.pt"), weights_only=True), \
-        torch.load(os.path.join(both, "checkpoint.pt"), weights_only=True)
-    for name in after["modules"]:
-        if name != "agent":  # the encoder (and decoder, prior, predictor) did not move in the policy phase
-            assert all(torch.equal(v, before["modules"][name][k]) for k, v in after["modules"][name].items())
-    moved = [k for k, v in after["modules"]["agent"].items() if not torch.equal(v, before["modules"]["agent"][k])]
-    assert moved, "the policy did not train in the policy phase"
-    if "belief_rms.count" in after["modules"]["agent"]:  # statistics of the policy phase's beliefs only
-        assert after["modules"]["agent"]["belief_rms.count"].item() == pytest.approx(2 * 4 * 60, abs=1e-3)
-
-
-def test_tracking_with_wandb_offline(script, tmp_path):
-    run_dir = run_script(script, *TINY[script], "--track", "--wandb-group", "test", cwd=tmp_path)
-    assert os.path.exists(os.path.join(run_dir, "eval.json"))
-    assert list(tmp_path.glob("**/offline-run-*")), "wandb wrote no offline run"
 
 
 def test_observation_scaling_maps_bounds_to_unit_interval_and_standardises_the_rest(algo):
@@ -246,12 +156,6 @@ def test_decoding_the_mean_ignores_the_belief_variance(vae_algo):
     assert loss(large, True) != loss(large, False)
 
 
-def test_capture_video_writes_an_evaluation_episode(script, tmp_path):
-    run_dir = run_script(script, *TINY[script], "--capture-video", cwd=tmp_path)
-    videos = [f for f in os.listdir(os.path.join(run_dir, "videos")) if f.endswith(".mp4")]
-    assert len(videos) == 1 and os.path.getsize(os.path.join(run_dir, "videos", videos[0])) > 1000
-
-
 def test_the_reward_decoder_reads_the_state_the_transition_lands_in(vae_algo):
     torch.manual_seed(0)
     latent, obs, next_obs = torch.randn(4, 3), torch.randn(4, 6), torch.randn(4, 6)
@@ -283,3 +187,132 @@ def test_unset_settings_take_their_environment_family_value_and_given_ones_stay(
     algo.fill_family_defaults(given, envs_)
     assert given.ent_coef == 0.3
     envs_.close()
+
+
+# what a run writes, on runs trained once and shared: tests that train are slow
+def final_weights(run_dir) -> dict[str, torch.Tensor]:
+    modules = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["modules"]
+    return {f"{m}.{k}": v for m, weights in modules.items() for k, v in weights.items()}
+
+
+def evaluations(run_dir) -> list[dict]:
+    return json.load(open(os.path.join(run_dir, "eval.json")))["evaluations"]
+
+
+def assert_same_run(run_dir, expected_dir):
+    """The same weights at the end and the same evaluations, each once, as ``expected_dir``."""
+    keys = ("iteration", "global_step", "return", "return_std", "return_per_session", "consecutive_episode_returns")
+    assert [[e[k] for k in keys] for e in evaluations(run_dir)] == \
+        [[e[k] for k in keys] for e in evaluations(expected_dir)]
+    weights, expected = final_weights(run_dir), final_weights(expected_dir)
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in expected)
+
+
+@pytest.mark.slow
+def test_a_finished_run_writes_its_evaluations_and_tensorboard_log(script, finished_run):
+    run_dir = finished_run(script)
+    result = json.load(open(os.path.join(run_dir, "eval.json")))
+    assert result["finished"] and [e["global_step"] for e in result["evaluations"]] == [480, 960]
+    final = result["evaluations"][-1]
+    assert len(final["return_per_session"]) == 4 and final["episodes"] == 16
+    assert len(final["consecutive_episode_returns"]) == 5  # the final evaluation: 5 episodes in a row, the others 1
+    assert len(result["evaluations"][0]["consecutive_episode_returns"]) == 1
+    assert final["fraction_of_bayes_optimal"] == pytest.approx(final["return"] / 47.370, abs=1e-4)
+    assert result["bayes_optimal_return"] == pytest.approx(47.370, abs=1e-3)
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
+
+
+@pytest.mark.slow
+def test_same_seed_gives_identical_runs_and_another_seed_does_not(script, finished_run, tmp_path):
+    again = run_script(script, *TINY[script], *FINISHED, cwd=tmp_path / "again")
+    other = run_script(script, *TINY[script], *FINISHED, "--seed", "2", cwd=tmp_path / "other")
+    assert_same_run(again, finished_run(script))
+    weights, other_weights = final_weights(finished_run(script)), final_weights(other)
+    assert not all(torch.equal(weights[k], other_weights[k]) for k in weights)
+    assert [e["return"] for e in evaluations(other)] != [e["return"] for e in evaluations(again)]
+
+
+class InterruptAfter:
+    """sys.stdout that presses Ctrl-C (sends this process a SIGINT) as soon as it has written a line starting
+    with ``line``: the signal reaches the script's handler at a known point of the run."""
+
+    def __init__(self, stream, line: str):
+        self.stream, self.line, self.sent = stream, line, False
+
+    def write(self, text):
+        written = self.stream.write(text)
+        if not self.sent and text.startswith(self.line):
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+        return written
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_after_the_iteration_and_resume_ends_where_an_uninterrupted_run_ends(script, finished_run,
+                                                                                         tmp_path, monkeypatch):
+    stdout = sys.stdout
+    monkeypatch.setattr(sys, "stdout", InterruptAfter(stdout, "iter 1/"))
+    with pytest.raises(SystemExit) as stopped:
+        run_script(script, *TINY[script], *FINISHED, cwd=tmp_path)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert stopped.value.code == 130  # the exit status of a run stopped by Ctrl-C
+    checkpoint_path = next((tmp_path / "runs").glob("*/checkpoint.pt"))
+    assert torch.load(checkpoint_path, weights_only=True)["iteration"] == 1
+    assert_same_run(run_script(script, "--resume", str(checkpoint_path), cwd=tmp_path), finished_run(script))
+
+
+@pytest.mark.slow
+def test_the_policy_phase_freezes_the_encoder_and_starts_a_fresh_policy(encoder_script, tmp_path):
+    common = [*TINY[encoder_script], "--save-model", "--eval-every", "1"]
+    encoder_only = run_script(encoder_script, *common, "--total-timesteps", "480", cwd=tmp_path / "a")
+    both = run_script(encoder_script, *common, "--total-timesteps", "960", PHASE_FLAG[encoder_script], "480",
+                      "--policy-num-envs", "4", cwd=tmp_path / "b")
+    assert [e["global_step"] for e in evaluations(both)] == [480, 720, 960]  # 1 iteration of 8 episodes, 2 of 4
+    before, after = torch.load(os.path.join(encoder_only, "checkpoint.pt"), weights_only=True), \
+        torch.load(os.path.join(both, "checkpoint.pt"), weights_only=True)
+    for name in after["modules"]:
+        if name != "agent":  # the encoder (and decoder, prior, predictor) did not move in the policy phase
+            assert all(torch.equal(v, before["modules"][name][k]) for k, v in after["modules"][name].items())
+    moved = [k for k, v in after["modules"]["agent"].items() if not torch.equal(v, before["modules"]["agent"][k])]
+    assert moved, "the policy did not train in the policy phase"
+    if "belief_rms.count" in after["modules"]["agent"]:  # statistics of the policy phase's beliefs only
+        assert after["modules"]["agent"]["belief_rms.count"].item() == pytest.approx(2 * 4 * 60, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_capture_video_writes_an_evaluation_episode(script, finished_run):
+    folder = os.path.join(finished_run(script), "videos")
+    videos = [f for f in os.listdir(folder) if f.endswith(".mp4")]
+    assert len(videos) == 1 and os.path.getsize(os.path.join(folder, videos[0])) > 1000
+
+
+@pytest.mark.slow
+def test_the_training_rollout_beliefs_are_the_teacher_forced_beliefs_of_its_episodes(vae_script, tmp_path):
+    """With the encoder frozen and, for DynaMITE-RL, the true session ends, the beliefs of the rollout (the running
+    statistics of what the policy read of them, updated once by the one iteration) are those encode_episodes gives on
+    the episodes that the rollout put in the buffer."""
+    algo = MODULES[vae_script]
+    flags = ["--total-timesteps", "480", "--encoder-updates", "0", "--save-model"]
+    flags += ["--oracle-sessions"] if vae_script == "dynamite_rl.py" else []
+    checkpoint = torch.load(os.path.join(run_script(vae_script, *TINY[vae_script], *flags, cwd=tmp_path),
+                                         "checkpoint.pt"), weights_only=True)
+    args = algo.Args(**checkpoint["args"])
+    encoder = algo.Encoder(6, 5, args)
+    encoder.load_state_dict(checkpoint["modules"]["encoder"])
+    episodes = {k: v.transpose(0, 1) for k, v in checkpoint["buffer"]["fields"].items()}  # (H, 8 episodes, ...)
+    assert episodes["obs"].shape[:2] == (60, 8) and episodes["session_done"].sum() == 8 * 4
+    inputs = (episodes["obs"], episodes["actions"], episodes["rewards"])
+    with torch.no_grad():
+        if vae_script == "dynamite_rl.py":
+            means, logvars = algo.encode_episodes(encoder, *inputs, episodes["session_done"], args, "cpu")[:2]
+        else:
+            means, logvars = algo.encode_episodes(encoder, *inputs, args, "cpu")
+    expected = algo.RunningMeanStd(2 * algo.belief_size(args))
+    expected.update(algo.policy_belief(means, logvars, args))
+    rms = {k.split(".")[1]: v for k, v in checkpoint["modules"]["agent"].items() if k.startswith("belief_rms.")}
+    torch.testing.assert_close(rms["count"], expected.count)
+    torch.testing.assert_close(rms["mean"], expected.mean)
+    torch.testing.assert_close(rms["var"], expected.var)

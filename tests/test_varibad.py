@@ -1,9 +1,11 @@
-"""VariBAD: the KL chain from the prior, and every belief decoding the whole episode."""
+"""VariBAD: the KL chain from the prior, every belief decoding the whole episode, and rollout beliefs that are the
+ones it trains on."""
 
+import pytest
 import torch
 
 import varibad as vb
-from conftest import discrete_args
+from conftest import discrete_args, greedy_episode
 
 # two episodes of H = 6 steps with session ends marked (VariBAD ignores sessions except where the observation
 # after a session's last step is the next session's start)
@@ -53,3 +55,16 @@ def test_every_belief_reconstructs_every_transition_of_the_episode(monkeypatch):
     first = torch.tensor([0])
     assert original(decoder, means, logvars, obs, actions, later, next_obs, SESSION_DONE, seen["mask"], first) != \
         original(decoder, means, logvars, obs, actions, rewards, next_obs, SESSION_DONE, seen["mask"], first)
+
+
+@pytest.mark.parametrize("env_kwargs", [{"schedule": "fixed"}, {"schedule": "bernoulli", "session_prob": 0.1},
+                                        {"schedule": "poisson", "num_sessions": 6}])
+def test_rollout_beliefs_are_the_beliefs_encode_episodes_trains_on(env_kwargs):
+    """The belief an agent carries through an episode is the one encode_episodes gives on the same episode, whatever
+    the schedule of its sessions (which VariBAD's posterior does not see)."""
+    args = discrete_args(vb)
+    torch.manual_seed(0)
+    encoder = vb.Encoder(6, 5, args)
+    episode = greedy_episode(vb, encoder, args, env_kwargs)
+    means, logvars = vb.encode_episodes(encoder, episode["obs"], episode["actions"], episode["rewards"], args, "cpu")
+    torch.testing.assert_close(episode["beliefs"], torch.cat([means, logvars], -1))

@@ -1,0 +1,183 @@
+"""envs.protocol, what every script shares about its environments: settings, lock-step vector envs, horizons,
+generator states for checkpoints, random-action episodes, and the one evaluation protocol and video."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import AutoresetMode
+
+import envs.protocol as protocol
+from envs.gridworld import GridworldVectorEnv
+
+GRIDWORLD, REACHER = "dynamite/Gridworld-v0", "dynamite/Reacher-v0"
+SHORT = {"horizon": 10, "session_length": 5}  # two sessions of five steps, in any environment
+
+
+class FixedPolicy:
+    """A policy of the protocol that plays ``actions[t]`` at step t and records what it is told."""
+
+    def __init__(self, actions):
+        self.actions, self.steps, self.rewards, self.sessions = actions, [], [], []
+
+    def act(self, obs, t):
+        self.steps.append(t)
+        return self.actions[t]
+
+    def observe(self, rewards, info):
+        self.rewards.append(rewards)
+        self.sessions.append(info["session"])
+
+
+def test_env_settings_are_a_json_object_for_a_registered_environment():
+    assert protocol.parse_env_settings(GRIDWORLD, '{"size": 7, "schedule": "poisson"}') == {"size": 7,
+                                                                                          "schedule": "poisson"}
+    assert protocol.parse_env_settings(REACHER, "{}") == {}
+    with pytest.raises(ValueError, match=r"^unknown --env-id 'dynamite/Nope-v0'; known environments: "
+                                         r"dynamite/Gridworld-v0, dynamite/HalfCheetahDir-v0, "):
+        protocol.parse_env_settings("dynamite/Nope-v0", "{}")
+    with pytest.raises(ValueError, match=r"^--env-kwargs is not valid JSON \(.*\): '\{size: 3\}'$"):
+        protocol.parse_env_settings(GRIDWORLD, "{size: 3}")
+    with pytest.raises(ValueError, match=r"^--env-kwargs must be a JSON object, got '\[7\]'$"):
+        protocol.parse_env_settings(GRIDWORLD, "[7]")
+
+
+@pytest.mark.parametrize("env_id", [GRIDWORLD, REACHER])
+def test_vector_envs_step_in_lock_step_and_never_reset_on_their_own(env_id):
+    envs_ = protocol.make_vector_env(env_id, 3, SHORT)
+    assert envs_.num_envs == 3 and envs_.metadata["autoreset_mode"] == AutoresetMode.DISABLED
+    assert isinstance(envs_.unwrapped, GridworldVectorEnv) == (env_id == GRIDWORLD)  # the Gridworld is batched
+    envs_.reset(seed=0)
+    for t in range(10):
+        obs, _, terminated, truncated, info = envs_.step(envs_.action_space.sample())
+        assert not terminated.any() and (truncated == (t == 9)).all()
+        assert (info["session_done"] == (t in (4, 9))).all()
+    first, _ = envs_.reset()  # the next episode starts only when the caller resets
+    assert first.shape == obs.shape
+    envs_.close()
+
+
+def test_a_setting_the_environment_rejects_is_one_line_naming_it():
+    with pytest.raises(ValueError, match=r"^cannot make dynamite/Gridworld-v0 with --env-kwargs \{\"size\": 0\}: "
+                                         r"size must be a positive"):
+        protocol.make_vector_env(GRIDWORLD, 2, {"size": 0})
+    with pytest.raises(ValueError, match=r"^cannot make dynamite/Reacher-v0 with --env-kwargs \{\"colour\": 1\}: "
+                                         r".*colour"):
+        protocol.make_vector_env(REACHER, 2, {"colour": 1})
+
+
+def test_the_horizon_of_an_environment_and_of_its_vector_env():
+    assert protocol.horizon(gym.make(GRIDWORLD)) == 60 and protocol.horizon(gym.make(REACHER)) == 400
+    assert protocol.horizon(protocol.make_vector_env(GRIDWORLD, 2, {"horizon": 30})) == 30
+    assert protocol.horizon(protocol.make_vector_env(REACHER, 2, {"horizon": 30, "session_length": 10})) == 30
+    assert protocol.horizon(gym.make("dynamite/ScratchItch-v0", horizon=20, session_length=10)) == 20
+
+
+def episode(envs_, seed: int = 0):
+    """Observations and rewards of one episode of fixed pseudo-random actions after a reset without a seed."""
+    rng = np.random.default_rng(seed)
+    observations, rewards = [envs_.reset()[0]], []
+    for _ in range(protocol.horizon(envs_)):
+        space = envs_.single_action_space
+        action = (rng.integers(space.n, size=envs_.num_envs) if isinstance(space, gym.spaces.Discrete)
+                  else rng.uniform(space.low, space.high, (envs_.num_envs, *space.shape)))
+        obs, reward, *_ = envs_.step(action)
+        observations.append(obs), rewards.append(reward)
+    return np.array(observations), np.array(rewards)
+
+
+@pytest.mark.parametrize("env_id", [GRIDWORLD, REACHER])
+def test_generator_states_saved_as_data_restore_the_next_episodes_exactly(env_id, tmp_path):
+    """What a checkpoint does: save the generators' states (weights_only loading takes them), restore them into
+    freshly made environments, and the episodes that follow are those the saved environments would have played."""
+    saved = protocol.make_vector_env(env_id, 3, SHORT)
+    saved.reset(seed=1)
+    episode(saved)
+    torch.save({"envs": protocol.generator_states(saved)}, tmp_path / "checkpoint.pt")
+    expected = [episode(saved, seed=s) for s in (1, 2)]
+
+    restored = protocol.make_vector_env(env_id, 3, SHORT)
+    restored.reset(seed=0)  # creates the generators, then overwritten
+    protocol.set_generator_states(restored, torch.load(tmp_path / "checkpoint.pt", weights_only=True)["envs"])
+    for (obs, rewards), s in zip(expected, (1, 2)):
+        got_obs, got_rewards = episode(restored, seed=s)
+        np.testing.assert_array_equal(got_obs, obs)
+        np.testing.assert_array_equal(got_rewards, rewards)
+    with pytest.raises(ValueError):  # the states of another number of environments
+        protocol.set_generator_states(restored, protocol.generator_states(saved)[:2])
+
+
+@pytest.mark.parametrize("env_id", [GRIDWORLD, REACHER])
+def test_a_random_episode_plays_uniform_actions_of_numpy_s_global_generator(env_id):
+    envs_ = protocol.make_vector_env(env_id, 4, SHORT)
+    space = envs_.single_action_space
+
+    def play():
+        envs_.reset(seed=0)
+        np.random.seed(3)
+        return protocol.random_episode(envs_, 10)
+
+    steps = play()
+    assert len(steps) == 10
+    for t, (obs, action, reward, next_obs, done) in enumerate(steps):
+        assert obs.shape == next_obs.shape == (4, *envs_.single_observation_space.shape) and reward.shape == (4,)
+        assert all(space.contains(a) for a in action) and (done == (t in (4, 9))).all()
+        if t + 1 < len(steps):
+            np.testing.assert_array_equal(steps[t + 1][0], next_obs)  # each step starts where the last one landed
+    assert len({tuple(np.ravel(a)) for _, a, *_ in steps}) > 1
+    again = play()
+    for first, second in zip(steps, again):
+        for a, b in zip(first, second):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_evaluating_a_policy_that_never_moves_gives_the_step_reward_in_every_session():
+    """"stay" never lands on a goal (each session starts off the goals), so every step pays -0.1: -6.0 in 60
+    steps, -1.5 in each of the 4 sessions, in every episode, and again in each consecutive episode."""
+    policy = FixedPolicy(np.zeros((60, 32), dtype=np.int64))
+    result = protocol.evaluate(GRIDWORLD, {}, lambda n: policy, 32, consecutive=3)
+    assert result["return"] == pytest.approx(-6.0) and result["return_std"] == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_allclose(result["return_per_session"], [-1.5] * 4)
+    np.testing.assert_allclose(result["consecutive_episode_returns"], [-6.0] * 3)
+    assert result["episodes"] == 32
+    assert policy.steps == list(range(60)) * 3 and len(policy.rewards) == 180
+
+
+@pytest.mark.parametrize("env_kwargs", [{"schedule": "bernoulli", "session_prob": 0.1},
+                                        {"schedule": "poisson", "num_sessions": 5}])
+def test_the_return_per_session_sums_each_episode_s_rewards_by_its_info_session(env_kwargs):
+    """Sessions of random lengths (and, with bernoulli, a random number of them): the per-session return is the
+    mean over episodes of the rewards of steps whose info["session"] is that session (0 where an episode has no
+    such session); the return, its std, and the episodes themselves are those of the given seed."""
+    num_episodes = 64
+    actions = np.random.default_rng(0).integers(5, size=(60, num_episodes))
+    policy = FixedPolicy(actions)
+    result = protocol.evaluate(GRIDWORLD, env_kwargs, lambda n: policy, num_episodes, seed=7)
+    rewards, sessions = np.array(policy.rewards), np.array(policy.sessions)  # (H, episodes)
+    per_session = [np.where(sessions == s, rewards, 0.0).sum(0).mean() for s in range(sessions.max() + 1)]
+    np.testing.assert_allclose(result["return_per_session"], per_session, atol=1e-6)
+    assert result["return"] == pytest.approx(rewards.sum(0).mean())
+    assert result["return_std"] == pytest.approx(rewards.sum(0).std())
+    assert (sessions[1:] >= sessions[:-1]).all() and len(result["return_per_session"]) > 1
+    assert (rewards == 1.0).any(), "the actions reach a paying goal, so the sessions' returns differ"
+    # the same seed replays the same episodes
+    replay = protocol.make_vector_env(GRIDWORLD, num_episodes, env_kwargs)
+    replay.reset(seed=7)
+    replayed = np.array([replay.step(a)[1] for a in actions])
+    np.testing.assert_array_equal(replayed, rewards)
+
+
+def test_record_video_writes_one_greedy_episode_as_an_mp4(tmp_path):
+    policy = FixedPolicy(np.ones((60, 1), dtype=np.int64))
+    protocol.record_video(GRIDWORLD, {}, lambda n: policy, str(tmp_path / "videos"))
+    videos = list((tmp_path / "videos").glob("eval*.mp4"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 1000
+    assert policy.steps == list(range(60)) and all(r.shape == (1,) for r in policy.rewards)
+
+
+def test_only_the_gridworld_with_a_fixed_schedule_has_a_bayes_optimal_return_and_only_the_wind_moves_dynamics():
+    assert protocol.bayes_optimal_return(GRIDWORLD, {}) == pytest.approx(47.370, abs=1e-3)
+    assert protocol.bayes_optimal_return(GRIDWORLD, {"schedule": "bernoulli"}) is None
+    assert protocol.bayes_optimal_return(REACHER, {}) is None
+    assert [protocol.latent_changes_dynamics(f"dynamite/{name}") for name in
+            ("Gridworld-v0", "Reacher-v0", "HalfCheetahVel-v0", "HalfCheetahWindVel-v0")] == [False, False, False, True]
