@@ -50,20 +50,36 @@ def offline_wandb(tmp_path_factory):
         yield
 
 
+_marked_slow = [True]  # whether the running test is marked slow
+
+
+@pytest.fixture(autouse=True)
+def training_only_in_slow_tests(request):
+    """Training is what makes a test slow: run_script fails a test that trains without the slow mark, so that
+    ``-m "not slow"`` stays quick (stopping at a bad setting, before anything is written, is not training)."""
+    _marked_slow[0] = request.node.get_closest_marker("slow") is not None
+    yield
+    _marked_slow[0] = True
+
+
 def run_script(script: str, *args: str, cwd) -> str:
     """Run ``python <script> <args>`` in this process from ``cwd``; return the folder of the run it wrote."""
     saved_argv, saved_cwd, saved_handler = sys.argv, os.getcwd(), signal.getsignal(signal.SIGINT)
     sys.argv = [script, *args]
     os.makedirs(cwd, exist_ok=True)
+    before = set(glob.glob(os.path.join(cwd, "runs", "*")))
     os.chdir(cwd)
+    finished = False
     try:
-        before = set(glob.glob(os.path.join(cwd, "runs", "*")))
         runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
-        created = set(glob.glob(os.path.join(cwd, "runs", "*"))) - before
+        finished = True
     finally:
         sys.argv = saved_argv
         os.chdir(saved_cwd)
         signal.signal(signal.SIGINT, saved_handler)
+        created = set(glob.glob(os.path.join(cwd, "runs", "*"))) - before
+        if (finished or created) and not _marked_slow[0]:
+            pytest.fail(f"{script} trained in a test without @pytest.mark.slow", pytrace=False)
     resumed = [a for a in args if a.endswith(".pt")]
     return created.pop() if created else os.path.dirname(resumed[0])
 

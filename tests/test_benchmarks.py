@@ -1,4 +1,5 @@
-"""The benchmark commands run end to end on a tiny budget and write their outputs."""
+"""The benchmark commands run end to end on a tiny budget and write their outputs; every run a comparison starts is
+a command its script accepts, and a tracked comparison logs every script to wandb (offline)."""
 
 import importlib
 import json

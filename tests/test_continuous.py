@@ -14,7 +14,7 @@ from conftest import ENCODER_STEPS, PHASE_FLAG, SCRIPTS, run_script
 pytestmark = pytest.mark.slow  # every test here trains
 
 CONTINUOUS = ["dynamite/Reacher-v0", "dynamite/HalfCheetahDir-v0", "dynamite/HalfCheetahVel-v0",
-              "dynamite/HalfCheetahWindVel-v0", "dynamite/ScratchItch-v0"]
+              "dynamite/HalfCheetahWindVel-v0", "dynamite/ScratchItch-v0", "dynamite/PointRobot-v0"]
 SHORT = {"horizon": 50, "session_length": 25}  # two sessions
 VIDEO = ["dynamite/HalfCheetahVel-v0", "dynamite/ScratchItch-v0"]
 

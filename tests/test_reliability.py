@@ -275,14 +275,11 @@ def losses(run_dir) -> dict[str, list[tuple[int, float]]]:
             if tag.startswith("losses/")}
 
 
-# 6 iterations, evaluated and saved every 2; for the scripts with an encoder phase, 3 iterations of 8 environments
-# train the encoder, then 3 of 4 a fresh policy
+# 6 iterations of 4 environments, evaluated and saved every 2; for the scripts with an encoder phase, 3 iterations
+# train the encoder, then 3 a fresh policy
 def kill_args(script: str) -> list[str]:
-    args = [*TINY[script], "--save-model", "--eval-every", "2"]
-    if script in PHASE_FLAG:
-        return [*args, "--total-timesteps", str(60 * 8 * 3 + 60 * 4 * 3), PHASE_FLAG[script], str(60 * 8 * 3),
-                "--policy-num-envs", "4"]
-    return [*args, "--total-timesteps", str(60 * 8 * 6)]
+    args = [*TINY[script], "--num-envs", "4", "--save-model", "--eval-every", "2", "--total-timesteps", str(60 * 4 * 6)]
+    return [*args, PHASE_FLAG[script], str(60 * 4 * 3), "--policy-num-envs", "4"] if script in PHASE_FLAG else args
 
 
 # ``python -c KILLED_AT <script> <line> <args>``: runs the script, which SIGKILLs itself as it prints a line starting

@@ -1,6 +1,6 @@
 """What every algorithm script shares: the same helpers (each file has its own copy, so each copy is tested),
 and the same command-line behaviour: evaluations and logs, determinism, Ctrl-C and resume, the two phases, video, and
-rollout beliefs that are the ones the VAE trains on (--track: test_runner.py, where a comparison tracks every
+rollout beliefs that are the ones the VAE trains on (--track: test_benchmarks.py, where a comparison tracks every
 script)."""
 
 import json
