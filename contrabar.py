@@ -206,12 +206,14 @@ class Encoder(nn.Module):
             nn.Linear(3 * args.embed_dim, args.encoder_hidden), nn.ReLU(),
             nn.Linear(args.encoder_hidden, args.encoder_hidden), nn.ReLU(),
         )
-        self.gru = nn.GRUCell(args.encoder_hidden, args.gru_hidden)
+        self.gru = nn.GRU(args.encoder_hidden, args.gru_hidden)
 
-    def forward(self, hidden, prev_action, reward, obs):
-        """One step: input (a_{t-1}, r_t, s_t)."""
-        parts = [self.action_embed(prev_action), self.reward_embed(reward), self.state_embed(obs)]
-        return self.gru(self.fc(torch.cat(parts, -1)), hidden)
+    def forward(self, hidden, prev_actions, rewards, obs):
+        """Steps (T, B, ...) from the GRU state ``hidden`` (B, gru_hidden) in one fused GRU call: inputs (a_{t-1}, r_t,
+        s_t); returns the last GRU state and each step's history summary h_t (T, B, gru_hidden)."""
+        parts = [self.action_embed(prev_actions), self.reward_embed(rewards), self.state_embed(obs)]
+        hiddens, hidden = self.gru(self.fc(torch.cat(parts, -1)), hidden[None])
+        return hidden[0], hiddens
 
 
 class FuturePredictor(nn.Module):
@@ -373,7 +375,8 @@ class HistoryState:
         self.reward = torch.zeros(num_envs, 1, device=device)
 
     def encode(self, encoder: Encoder, obs):
-        self.hidden = encoder(self.hidden, self.prev_action, self.reward, obs)
+        """One step for every environment: the history summary after observing ``obs``."""
+        self.hidden = encoder(self.hidden, self.prev_action[None], self.reward[None], obs[None])[0]
         return self.hidden
 
     def observe(self, action_onehot, reward):
@@ -381,14 +384,13 @@ class HistoryState:
 
 
 def encode_episodes(encoder, obs, actions_onehot, rewards, args, device):
-    """Pass over whole episodes (H, B, ...): the history summaries after each step, (H, B, gru_hidden)."""
+    """Pass over whole episodes (H, B, ...) in one fused GRU call: the history summaries after each step, (H, B,
+    gru_hidden), the same as HistoryState step by step."""
     horizon, num_envs = rewards.shape
     state = HistoryState(num_envs, actions_onehot.shape[-1], args, device)
-    hiddens = []
-    for t in range(horizon):
-        hiddens.append(state.encode(encoder, obs[t]))
-        state.observe(actions_onehot[t], rewards[t])
-    return torch.stack(hiddens)
+    prev_actions = torch.cat([state.prev_action[None], actions_onehot[:-1]])
+    prev_rewards = torch.cat([state.reward[None], rewards[:-1, :, None]])
+    return encoder(state.hidden, prev_actions, prev_rewards, obs)[1]
 
 
 class EpisodeBuffer:

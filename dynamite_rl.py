@@ -239,19 +239,21 @@ class Encoder(nn.Module):
             nn.Linear(3 * args.embed_dim + belief_input, args.encoder_hidden), nn.ReLU(),
             nn.Linear(args.encoder_hidden, args.encoder_hidden), nn.ReLU(),
         )
-        self.gru = nn.GRUCell(args.encoder_hidden, args.gru_hidden)
+        self.gru = nn.GRU(args.encoder_hidden, args.gru_hidden)
         self.belief_mean = nn.Linear(args.gru_hidden, belief_size(args))
         self.belief_logvar = nn.Linear(args.gru_hidden, belief_size(args))
         self.termination = nn.Linear(args.gru_hidden, 1)
         self.conditioning = args.conditioning
 
-    def forward(self, hidden, prev_action, reward, obs, prev_session_belief):
-        """One step: input (a_{t-1}, r_t, s_t); the termination logit predicts d_t, "this step ends the session"."""
-        parts = [self.action_embed(prev_action), self.reward_embed(reward), self.state_embed(obs)]
+    def forward(self, hidden, prev_actions, rewards, obs, prev_session_beliefs):
+        """Steps (T, B, ...) from the GRU state ``hidden`` (B, gru_hidden) in one fused GRU call: inputs (a_{t-1}, r_t,
+        s_t); returns the last GRU state and each step's belief (mean, logvar) and termination logit, which predicts
+        d_t, "this step ends the session"."""
+        parts = [self.action_embed(prev_actions), self.reward_embed(rewards), self.state_embed(obs)]
         if self.conditioning:
-            parts.append(prev_session_belief)
-        hidden = self.gru(self.fc(torch.cat(parts, -1)), hidden)
-        return hidden, self.belief_mean(hidden), self.belief_logvar(hidden), self.termination(hidden).squeeze(-1)
+            parts.append(prev_session_beliefs)
+        hiddens, hidden = self.gru(self.fc(torch.cat(parts, -1)), hidden[None])
+        return hidden[0], self.belief_mean(hiddens), self.belief_logvar(hiddens), self.termination(hiddens).squeeze(-1)
 
 
 class LatentDynamicsPrior(nn.Module):
@@ -279,15 +281,11 @@ class Decoder(nn.Module):
                            if args.state_decoder else None)
 
     def forward(self, latent, obs, action, next_obs):
-        """Transitions (..., dim) are embedded once and decoded under every latent (K, ..., latent_dim)."""
-
-        def features(*embedded):
-            return torch.cat([e.expand(*latent.shape[:-1], -1) for e in embedded] + [latent], -1)
-
-        reward = self.reward(features(self.state_embed(next_obs))).squeeze(-1)
+        """Predicted reward (and next state) of each transition (N, dim) under its latent (N, latent_dim)."""
+        reward = self.reward(torch.cat([self.state_embed(next_obs), latent], -1)).squeeze(-1)
         if self.next_state is None:
             return reward, None
-        return reward, self.next_state(features(self.state_embed(obs), self.action_embed(action)))
+        return reward, self.next_state(torch.cat([self.state_embed(obs), self.action_embed(action), latent], -1))
 
 
 class RunningMeanStd(nn.Module):
@@ -460,17 +458,15 @@ def reconstruction_loss(decoder, means, logvars, obs, actions, rewards, next_obs
     mean, logvar = means[belief_steps], logvars[belief_steps]  # (K, B, D)
     latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if sample else mean
     latent = to_latent(latent, args) if args is not None else latent  # (args: the latent's kind)
-    horizon, k = obs.shape[0], len(belief_steps)
-    latent = latent[:, None].expand(k, horizon, *latent.shape[1:])  # (K, H, B, D)
-    predicted_reward, predicted_state = decoder(latent, obs, actions, next_obs)
     # a session's last transition is followed by the next session's start state, not by where the move landed:
-    # neither its next state nor (for a decoder reading s_{t+1}) its reward can be decoded, so it is left out
-    pair_mask = mask[belief_steps].float() * (1 - session_done.float())[None]  # (K, H, B)
-    num_beliefs = pair_mask.shape[0] * pair_mask.shape[2]
-    loss = ((predicted_reward - rewards[None]) ** 2 * pair_mask).sum() / num_beliefs
+    # neither its next state nor (for a decoder reading s_{t+1}) its reward can be decoded, so it is left out.
+    # Only the (belief, target) pairs that count are decoded: with --session-recon a quarter of them
+    belief, step, env = (mask[belief_steps] & ~session_done.bool()[None]).nonzero(as_tuple=True)  # (K, H, B) pairs
+    predicted_reward, predicted_state = decoder(latent[belief, env], obs[step, env], actions[step, env], next_obs[step, env])
+    num_beliefs = len(belief_steps) * rewards.shape[1]
+    loss = ((predicted_reward - rewards[step, env]) ** 2).sum() / num_beliefs
     if predicted_state is not None:
-        state_error = ((predicted_state - next_obs[None]) ** 2).sum(-1)
-        loss = loss + (state_error * pair_mask).sum() / num_beliefs
+        loss = loss + ((predicted_state - next_obs[step, env]) ** 2).sum() / num_beliefs
     return loss
 
 
@@ -508,10 +504,11 @@ class BeliefState:
         self.prev_session_belief = torch.zeros(num_envs, 2 * belief_size(args), device=device)
 
     def encode(self, encoder: Encoder, obs):
+        """One step for every environment: (mean, logvar, termination logit) of the belief after observing ``obs``."""
         self.hidden, mean, logvar, termination_logit = encoder(
-            self.hidden, self.prev_action, self.reward, obs, self.prev_session_belief
+            self.hidden, self.prev_action[None], self.reward[None], obs[None], self.prev_session_belief[None]
         )
-        return mean, logvar, termination_logit
+        return mean[0], logvar[0], termination_logit[0]
 
     def observe(self, action_onehot, reward, mean, logvar, session_end):
         """After the step: a session end makes this step's belief the one the next session conditions on."""
@@ -521,16 +518,24 @@ class BeliefState:
 
 
 def encode_episodes(encoder, obs, actions_onehot, rewards, session_done, args, device):
-    """Teacher-forced pass over whole episodes (H, B, ...): true session ends drive the conditioning."""
+    """Teacher-forced pass over whole episodes (H, B, ...): true session ends drive the conditioning. The same beliefs
+    as BeliefState step by step, computed by one fused GRU call per stretch of steps in which no episode's
+    previous-session belief changes (the whole episode without conditioning)."""
     horizon, num_envs = rewards.shape
     state = BeliefState(num_envs, actions_onehot.shape[-1], args, device)
-    means, logvars, logits, prev_session_beliefs = [], [], [], []
-    for t in range(horizon):
-        prev_session_beliefs.append(state.prev_session_belief)
-        mean, logvar, logit = state.encode(encoder, obs[t])
-        state.observe(actions_onehot[t], rewards[t], mean, logvar, session_done[t].bool())
+    prev_actions = torch.cat([state.prev_action[None], actions_onehot[:-1]])
+    prev_rewards = torch.cat([state.reward[None], rewards[:-1, :, None]])
+    changes = session_done[:-1].any(1) if args.conditioning else torch.zeros(horizon - 1, dtype=torch.bool, device=device)
+    stops = [*(changes.nonzero()[:, 0] + 1).tolist(), horizon]
+    means, logvars, logits, prev_session_beliefs, start = [], [], [], [], 0
+    for stop in stops:
+        prev_session_beliefs.append(state.prev_session_belief.expand(stop - start, -1, -1))
+        state.hidden, mean, logvar, logit = encoder(state.hidden, prev_actions[start:stop], prev_rewards[start:stop],
+                                                    obs[start:stop], prev_session_beliefs[-1])
+        state.observe(actions_onehot[stop - 1], rewards[stop - 1], mean[-1], logvar[-1], session_done[stop - 1].bool())
         means.append(mean), logvars.append(logvar), logits.append(logit)
-    return torch.stack(means), torch.stack(logvars), torch.stack(logits), torch.stack(prev_session_beliefs)
+        start = stop
+    return torch.cat(means), torch.cat(logvars), torch.cat(logits), torch.cat(prev_session_beliefs)
 
 
 def session_start_prior(prior_net, prev_session_beliefs, session_done, args):

@@ -210,7 +210,7 @@ class Agent(nn.Module):
             nn.Linear(3 * args.embed_dim, args.encoder_hidden), nn.ReLU(),
             nn.Linear(args.encoder_hidden, args.encoder_hidden), nn.ReLU(),
         )
-        self.gru = nn.GRUCell(args.encoder_hidden, args.gru_hidden)
+        self.gru = nn.GRU(args.encoder_hidden, args.gru_hidden)
         in_dim = obs_dim + args.gru_hidden + int(args.time_feature)
         self.critic = mlp(in_dim, args.policy_hidden, 1, out_std=1.0)
         self.actor = mlp(in_dim, args.policy_hidden, action_size(action_space), out_std=0.01)
@@ -220,10 +220,12 @@ class Agent(nn.Module):
         if args.norm_reward:
             self.return_rms = RunningMeanStd(1)
 
-    def recur(self, hidden, prev_action, reward, obs):
-        """One step of the memory: input (a_{t-1}, r_t, s_t)."""
-        parts = [self.action_embed(prev_action), self.reward_embed(reward), self.state_embed(obs)]
-        return self.gru(self.fc(torch.cat(parts, -1)), hidden)
+    def recur(self, hidden, prev_actions, rewards, obs):
+        """Steps (T, B, ...) of the memory from the GRU state ``hidden`` (B, gru_hidden) in one fused GRU call: inputs
+        (a_{t-1}, r_t, s_t); returns the last GRU state and each step's h_t (T, B, gru_hidden)."""
+        parts = [self.action_embed(prev_actions), self.reward_embed(rewards), self.state_embed(obs)]
+        hiddens, hidden = self.gru(self.fc(torch.cat(parts, -1)), hidden[None])
+        return hidden[0], hiddens
 
     def get_value(self, x):
         return self.critic(x).squeeze(-1)
@@ -243,11 +245,12 @@ class Agent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), self.get_value(x)
 
 
-def policy_input(obs, step: int, horizon: int, hidden, args: Args):
-    """(s, [t/H], h): what the actor and critic see."""
+def policy_input(obs, step, horizon: int, hidden, args: Args):
+    """(s, [t/H], h): what the actor and critic see; ``step`` is an int, or a (T, 1, 1) tensor of the steps of a
+    sequence (T, B, ...)."""
     parts = [obs, hidden]
     if args.time_feature:
-        parts.insert(1, torch.full_like(obs[:, :1], step / horizon))
+        parts.insert(1, torch.ones_like(obs[..., :1]) * (step / horizon))
     return torch.cat(parts, -1)
 
 
@@ -285,7 +288,8 @@ class RecurrentState:
         self.reward = torch.zeros(num_envs, 1, device=device)
 
     def encode(self, agent: Agent, obs):
-        self.hidden = agent.recur(self.hidden, self.prev_action, self.reward, obs)
+        """One step for every environment: h_t after observing ``obs``."""
+        self.hidden = agent.recur(self.hidden, self.prev_action[None], self.reward[None], obs[None])[0]
         return self.hidden
 
     def observe(self, action_onehot, reward):
@@ -293,14 +297,14 @@ class RecurrentState:
 
 
 def unroll(agent, obs, action_inputs, rewards, args, device):
-    """Policy inputs (H, B, ...) of whole episodes replayed from the initial state, differentiable through time."""
+    """Policy inputs (H, B, ...) of whole episodes replayed from the initial state in one fused GRU call,
+    differentiable through time; the same as RecurrentState step by step."""
     horizon, num_envs = rewards.shape
     state = RecurrentState(num_envs, action_inputs.shape[-1], args, device)
-    inputs = []
-    for t in range(horizon):
-        inputs.append(policy_input(obs[t], t, horizon, state.encode(agent, obs[t]), args))
-        state.observe(action_inputs[t], rewards[t])
-    return torch.stack(inputs)
+    prev_actions = torch.cat([state.prev_action[None], action_inputs[:-1]])
+    prev_rewards = torch.cat([state.reward[None], rewards[:-1, :, None]])
+    hiddens = agent.recur(state.hidden, prev_actions, prev_rewards, obs)[1]
+    return policy_input(obs, torch.arange(horizon, device=device)[:, None, None], horizon, hiddens, args)
 
 
 class GreedyPolicy:

@@ -223,15 +223,16 @@ class Encoder(nn.Module):
             nn.Linear(3 * args.embed_dim, args.encoder_hidden), nn.ReLU(),
             nn.Linear(args.encoder_hidden, args.encoder_hidden), nn.ReLU(),
         )
-        self.gru = nn.GRUCell(args.encoder_hidden, args.gru_hidden)
+        self.gru = nn.GRU(args.encoder_hidden, args.gru_hidden)
         self.belief_mean = nn.Linear(args.gru_hidden, belief_size(args))
         self.belief_logvar = nn.Linear(args.gru_hidden, belief_size(args))
 
-    def forward(self, hidden, prev_action, reward, obs):
-        """One step: input (a_{t-1}, r_t, s_t)."""
-        parts = [self.action_embed(prev_action), self.reward_embed(reward), self.state_embed(obs)]
-        hidden = self.gru(self.fc(torch.cat(parts, -1)), hidden)
-        return hidden, self.belief_mean(hidden), self.belief_logvar(hidden)
+    def forward(self, hidden, prev_actions, rewards, obs):
+        """Steps (T, B, ...) from the GRU state ``hidden`` (B, gru_hidden) in one fused GRU call: inputs (a_{t-1}, r_t,
+        s_t); returns the last GRU state and each step's belief (mean, logvar)."""
+        parts = [self.action_embed(prev_actions), self.reward_embed(rewards), self.state_embed(obs)]
+        hiddens, hidden = self.gru(self.fc(torch.cat(parts, -1)), hidden[None])
+        return hidden[0], self.belief_mean(hiddens), self.belief_logvar(hiddens)
 
     def prior(self, batch: int):
         """The belief before any observation: the heads at the GRU's initial (zero) state, (batch, latent_dim)."""
@@ -252,15 +253,11 @@ class Decoder(nn.Module):
                            if args.state_decoder else None)
 
     def forward(self, latent, obs, action, next_obs):
-        """Transitions (..., dim) are embedded once and decoded under every latent (K, ..., latent_dim)."""
-
-        def features(*embedded):
-            return torch.cat([e.expand(*latent.shape[:-1], -1) for e in embedded] + [latent], -1)
-
-        reward = self.reward(features(self.state_embed(next_obs))).squeeze(-1)
+        """Predicted reward (and next state) of each transition (N, dim) under its latent (N, latent_dim)."""
+        reward = self.reward(torch.cat([self.state_embed(next_obs), latent], -1)).squeeze(-1)
         if self.next_state is None:
             return reward, None
-        return reward, self.next_state(features(self.state_embed(obs), self.action_embed(action)))
+        return reward, self.next_state(torch.cat([self.state_embed(obs), self.action_embed(action), latent], -1))
 
 
 class RunningMeanStd(nn.Module):
@@ -394,17 +391,15 @@ def reconstruction_loss(decoder, means, logvars, obs, actions, rewards, next_obs
     mean, logvar = means[belief_steps], logvars[belief_steps]  # (K, B, D)
     latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if sample else mean
     latent = to_latent(latent, args) if args is not None else latent  # (args: the latent's kind)
-    horizon, k = obs.shape[0], len(belief_steps)
-    latent = latent[:, None].expand(k, horizon, *latent.shape[1:])  # (K, H, B, D)
-    predicted_reward, predicted_state = decoder(latent, obs, actions, next_obs)
     # a session's last transition is followed by the next session's start state, not by where the move landed:
-    # neither its next state nor (for a decoder reading s_{t+1}) its reward can be decoded, so it is left out
-    pair_mask = mask[belief_steps].float() * (1 - session_done.float())[None]  # (K, H, B)
-    num_beliefs = pair_mask.shape[0] * pair_mask.shape[2]
-    loss = ((predicted_reward - rewards[None]) ** 2 * pair_mask).sum() / num_beliefs
+    # neither its next state nor (for a decoder reading s_{t+1}) its reward can be decoded, so it is left out.
+    # Only the (belief, target) pairs that count are decoded
+    belief, step, env = (mask[belief_steps] & ~session_done.bool()[None]).nonzero(as_tuple=True)  # (K, H, B) pairs
+    predicted_reward, predicted_state = decoder(latent[belief, env], obs[step, env], actions[step, env], next_obs[step, env])
+    num_beliefs = len(belief_steps) * rewards.shape[1]
+    loss = ((predicted_reward - rewards[step, env]) ** 2).sum() / num_beliefs
     if predicted_state is not None:
-        state_error = ((predicted_state - next_obs[None]) ** 2).sum(-1)
-        loss = loss + (state_error * pair_mask).sum() / num_beliefs
+        loss = loss + ((predicted_state - next_obs[step, env]) ** 2).sum() / num_beliefs
     return loss
 
 
@@ -441,23 +436,23 @@ class BeliefState:
         self.reward = torch.zeros(num_envs, 1, device=device)
 
     def encode(self, encoder: Encoder, obs):
-        self.hidden, mean, logvar = encoder(self.hidden, self.prev_action, self.reward, obs)
-        return mean, logvar
+        """One step for every environment: (mean, logvar) of the belief after observing ``obs``."""
+        self.hidden, mean, logvar = encoder(self.hidden, self.prev_action[None], self.reward[None], obs[None])
+        return mean[0], logvar[0]
 
     def observe(self, action_onehot, reward):
         self.prev_action, self.reward = action_onehot, reward[:, None]
 
 
 def encode_episodes(encoder, obs, actions_onehot, rewards, args, device):
-    """Pass over whole episodes (H, B, ...): the beliefs after each step, (H, B, latent_dim) twice."""
+    """Pass over whole episodes (H, B, ...) in one fused GRU call: the beliefs after each step, (H, B, latent_dim)
+    twice, the same as BeliefState step by step."""
     horizon, num_envs = rewards.shape
     state = BeliefState(num_envs, actions_onehot.shape[-1], args, device)
-    means, logvars = [], []
-    for t in range(horizon):
-        mean, logvar = state.encode(encoder, obs[t])
-        state.observe(actions_onehot[t], rewards[t])
-        means.append(mean), logvars.append(logvar)
-    return torch.stack(means), torch.stack(logvars)
+    prev_actions = torch.cat([state.prev_action[None], actions_onehot[:-1]])
+    prev_rewards = torch.cat([state.reward[None], rewards[:-1, :, None]])
+    _, means, logvars = encoder(state.hidden, prev_actions, prev_rewards, obs)
+    return means, logvars
 
 
 def vae_loss(encoder, decoder, batch, args, device):

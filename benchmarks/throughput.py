@@ -5,10 +5,13 @@
     python benchmarks/throughput.py --scripts varibad.py rl2.py --env-id dynamite/Reacher-v0
     python benchmarks/throughput.py --env-id dynamite/Gridworld-v0 --iterations 10 \
         --scripts dynamite_rl.py varibad.py rl2.py contrabar.py   # every method on the Gridworld (its VAE phase)
+    python benchmarks/throughput.py --baseline cd16159 ...        # and the scripts of that revision, for the ratio
 
 First the raw rate: uniformly random actions in one environment and in the lock-step vector of --num-envs
 environments the scripts use; then each script trains for --iterations iterations of the VAE phase at its
 defaults, and its env steps/s and time split come from its own evaluation file. One core each, one at a time.
+With --baseline, each script of that git revision (with its own envs/) is timed too, alternating with the
+current one --repeats times, and the table gives the speed-up as the ratio of the median rates.
 Writes a table to docs/throughput_<environment>.md (or --output).
 """
 
@@ -45,6 +48,10 @@ class Args:
     """how long to time each raw configuration"""
     extra: str = ""
     """extra flags for every script"""
+    baseline: str | None = None
+    """a git revision whose scripts are timed too, in the same run, for the speed-up (e.g. a commit before a change)"""
+    repeats: int = 1
+    """how many times each script is timed (alternating with the baseline's); the median rate counts"""
     output: str | None = None
     """markdown file to write the table to (default: docs/throughput_<environment>.md)"""
 
@@ -68,19 +75,24 @@ def raw_rate(env, num_envs: int, seconds: float) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def training_rate(args: Args, script: str, steps: int) -> tuple[float, str]:
-    """Env steps/s of ``script`` training for ``steps`` steps, and how its time splits."""
+def training_rate(args: Args, script: str, steps: int, root: str = ROOT) -> tuple[float, str]:
+    """Env steps/s of ``script`` (of the tree at ``root``) training for ``steps`` steps, and how its time splits."""
     with tempfile.TemporaryDirectory() as run_dir:
-        command = [sys.executable, os.path.join(ROOT, script), "--env-id", args.env_id, "--num-envs",
+        command = [sys.executable, os.path.join(root, script), "--env-id", args.env_id, "--num-envs",
                    str(args.num_envs), "--total-timesteps", str(steps), "--run-dir", run_dir, "--eval-every", "0",
                    *shlex.split(args.extra)]
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        result = subprocess.run(command, cwd=root, capture_output=True, text=True)
         if result.returncode != 0:
             raise SystemExit(f"error: {script} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
         evaluation = json.load(open(os.path.join(run_dir, "eval.json")))
     timing = {k: v for k, v in evaluation["time"].items() if k != "eval"}
     train_time = sum(timing.values())
     return steps / train_time, ", ".join(f"{name} {seconds / train_time:.0%}" for name, seconds in timing.items())
+
+
+def median_run(results: list[tuple[float, str]]) -> tuple[float, str]:
+    """The run of median rate among repeated timings of one script."""
+    return sorted(results)[len(results) // 2]
 
 
 def main(args: Args) -> None:
@@ -95,16 +107,33 @@ def main(args: Args) -> None:
     rows = [("raw: one environment", f"{single:,.0f}", ""),
             (f"raw: {args.num_envs} environments in lock-step (SyncVectorEnv)", f"{batched:,.0f}", "")]
     steps = args.iterations * args.num_envs * horizon
-    rates = {script: training_rate(args, script, steps) for script in args.scripts}
+    with tempfile.TemporaryDirectory() as baseline_root:
+        if args.baseline:  # the revision's files, its envs/ included (a script imports the envs/ beside it)
+            archive = subprocess.run(["git", "-C", ROOT, "archive", args.baseline], capture_output=True, check=True)
+            subprocess.run(["tar", "-x", "-C", baseline_root], input=archive.stdout, check=True)
+        runs = {script: [] for script in args.scripts}
+        baseline_runs = {script: [] for script in args.scripts}
+        for _ in range(args.repeats):
+            for script in args.scripts:
+                runs[script].append(training_rate(args, script, steps))
+                if args.baseline:
+                    baseline_runs[script].append(training_rate(args, script, steps, baseline_root))
+    rates = {script: median_run(result) for script, result in runs.items()}
     for script, (rate, split) in rates.items():
-        rows.append((f"training: {script}, {args.iterations} iterations ({steps:,} steps, evaluation excluded)",
-                     f"{rate:,.0f}", split))
+        what = f"training: {script}, {args.iterations} iterations ({steps:,} steps, evaluation excluded)"
+        if args.baseline:
+            old_rate, old_split = median_run(baseline_runs[script])
+            rows.append((f"{what}, at {args.baseline}", f"{old_rate:,.0f}", old_split))
+            rows.append((f"{what}, now: **{rate / old_rate:.2f}x**", f"{rate:,.0f}", split))
+        else:
+            rows.append((what, f"{rate:,.0f}", split))
     command_line = "python benchmarks/throughput.py " + shlex.join(sys.argv[1:])
     lines = [
         f"# Throughput on {args.env_id}",
         "",
         f"Command: `{command_line.strip()}`. Machine: {os.cpu_count()} CPU cores, Python "
-        f"{platform.python_version()}, one torch thread; measured in one run, one configuration at a time.",
+        f"{platform.python_version()}, one torch thread; measured in one run, one configuration at a time"
+        + (f", each script {args.repeats} times (median)" if args.repeats > 1 else "") + ".",
         "",
         "| what | env steps/s | time split |",
         "| --- | ---: | --- |",

@@ -31,8 +31,9 @@ def test_the_memory_is_not_reset_at_a_session_end():
     inputs = rl2.unroll(agent, obs, actions, rewards, args, "cpu")
     hidden = inputs[..., 7:]  # (s, t/H, h)
     end = int(torch.nonzero(session_done[:, 0])[0])  # the first session's last step in episode 0
-    carried = agent.recur(hidden[end, :1], actions[end, :1], rewards[end, :1, None], obs[end + 1, :1])
-    reset = agent.recur(torch.zeros_like(carried), actions[end, :1], rewards[end, :1, None], obs[end + 1, :1])
+    step = (actions[end : end + 1, :1], rewards[end : end + 1, :1, None], obs[end + 1 : end + 2, :1])
+    carried = agent.recur(hidden[end, :1], *step)[0]
+    reset = agent.recur(torch.zeros_like(carried), *step)[0]
     torch.testing.assert_close(hidden[end + 1, :1], carried)
     assert not torch.allclose(hidden[end + 1, :1], reset)
     # what happened in the first session reaches the policy's input in the next one
@@ -54,7 +55,7 @@ def test_every_episode_starts_from_a_zero_memory():
     other = episode(seed=2)
     rl2.unroll(agent, *other[:3], args, "cpu")  # an episode before it changes nothing
     torch.testing.assert_close(rl2.unroll(agent, obs, actions, rewards, args, "cpu"), first)
-    expected = agent.recur(torch.zeros(3, args.gru_hidden), torch.zeros(3, 5), torch.zeros(3, 1), obs[0])
+    expected = agent.recur(torch.zeros(3, args.gru_hidden), torch.zeros(1, 3, 5), torch.zeros(1, 3, 1), obs[:1])[0]
     torch.testing.assert_close(first[0, :, 7:], expected)
 
 
