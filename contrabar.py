@@ -12,6 +12,7 @@ import random
 import signal
 import time
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import gymnasium as gym
 import numpy as np
@@ -124,12 +125,18 @@ class Args:
     """K: how many steps ahead each history predicts"""
     cpc_anchors: int = 15
     """histories per episode whose futures are scored at each encoder step (sampled, all steps if >= H)"""
+    negatives: Literal["other-steps", "same-step"] = "other-steps"
+    """where a query's negatives come from: any step of the other episodes (the authors'), or the same step of them"""
+    num_negatives: int = 15
+    """negatives per query with --negatives other-steps, drawn uniformly with replacement"""
+    scorer: Literal["mlp", "dot"] = "mlp"
+    """how a query and a candidate future are scored: a learned MLP on both (the authors'), or their dot product"""
     encoder_learning_rate: float = 1e-3
     """learning rate of the encoder optimizer"""
     encoder_updates: int | None = None
     """encoder gradient steps per iteration (default: 8 discrete, 2 continuous; 0 freezes it)"""
     encoder_batch_episodes: int = 64
-    """episodes per encoder gradient step, drawn from the buffer; each one's negatives are the others"""
+    """episodes per encoder gradient step, drawn from the buffer; each one's negatives come from the others"""
     encoder_buffer_episodes: int = 10000
     """the encoder trains on the last this many episodes"""
 
@@ -226,6 +233,11 @@ class FuturePredictor(nn.Module):
         self.action_gru = nn.GRUCell(args.embed_dim, args.gru_hidden)
         self.query = nn.Linear(args.gru_hidden, args.cpc_dim)
         self.future = mlp(obs_dim + 1, args.encoder_hidden, args.cpc_dim, out_std=1.0)
+        if args.scorer == "mlp":  # one hidden layer on (query, candidate); its candidate half is the embedding's last layer
+            self.scorer = nn.ModuleDict({"query": layer_init(nn.Linear(args.cpc_dim, args.cpc_dim)),
+                                         "out": layer_init(nn.Linear(args.cpc_dim, 1), std=1.0)})
+        else:
+            self.scorer = None
 
     def queries(self, hidden, future_actions):
         """(K, ..., cpc_dim) queries from hidden (..., G) and the next K actions (K, ..., A)."""
@@ -237,6 +249,14 @@ class FuturePredictor(nn.Module):
 
     def embed(self, reward, next_obs):
         return self.future(torch.cat([reward[..., None], next_obs], -1))
+
+    def score(self, queries, candidates):
+        """Logits (..., C) of queries (..., D) against candidates (..., C, D): an MLP's
+        w . relu(W q + c) + b (c is already a learned linear map of what the step brought), or the dot product."""
+        if self.scorer is None:
+            return (candidates @ queries[..., None]).squeeze(-1)
+        hidden = F.relu(self.scorer["query"](queries)[..., None, :] + candidates)
+        return self.scorer["out"](hidden).squeeze(-1)
 
 
 class RunningMeanStd(nn.Module):
@@ -277,7 +297,6 @@ class Agent(nn.Module):
 
     def get_value(self, x):
         return self.critic(x).squeeze(-1)
-
     def get_action_and_value(self, x, action=None, deterministic=False):
         """Categorical over Discrete actions, a diagonal Gaussian (state-independent std) over Box ones."""
         if self.continuous:
@@ -302,14 +321,28 @@ def policy_input(obs, step: int, horizon: int, hidden, args: Args):
 
 
 # ALGO LOGIC: the objective
-def infonce_loss(queries, targets, valid):
-    """InfoNCE over trajectories: queries and targets (..., B, D); query b's positive is target b, its negatives
-    the targets of the other trajectories at the same step. Mean cross-entropy over the ``valid`` (..., B)."""
-    logits = queries @ targets.transpose(-1, -2)  # (..., B, B): query b against every trajectory's target
-    labels = torch.arange(logits.shape[-1], device=logits.device).expand(logits.shape[:-1])
+def infonce_loss(logits, labels, valid):
+    """InfoNCE: the mean cross-entropy of picking each query's positive (index ``labels``) among its candidates,
+    ``logits`` (..., C), over the ``valid`` queries (...)."""
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
     valid = valid.reshape(-1).float()
     return (loss * valid).sum() / valid.sum().clamp(min=1)
+
+
+def negative_candidates(targets, all_targets, args):
+    """Each query's candidates (K, N, B, C, D) and the index of its positive (K, N, B). With --negatives other-steps,
+    the positive first and then --num-negatives targets of uniformly drawn steps of other episodes (the authors'
+    sampling: the same (r, s') at the same step of another episode is then rarely a negative); with same-step, the
+    targets of every episode at the query's step, its own being the positive."""
+    horizon, num_envs = all_targets.shape[:2]
+    if args.negatives == "same-step":
+        candidates = targets[:, :, None].expand(-1, -1, num_envs, -1, -1)  # (K, N, B, B, D): every episode's target
+        return candidates, torch.arange(num_envs, device=targets.device).expand(targets.shape[:-1])
+    shape = (*targets.shape[:-1], args.num_negatives)
+    other_env = (torch.arange(num_envs, device=targets.device)[:, None] + torch.randint(
+        1, num_envs, shape, device=targets.device)) % num_envs  # never the query's own episode
+    negatives = all_targets[torch.randint(horizon, shape, device=targets.device), other_env]
+    return torch.cat([targets[..., None, :], negatives], -2), torch.zeros(shape[:-1], dtype=torch.long, device=targets.device)
 
 
 def cpc_loss(encoder, predictor, batch, args, device):
@@ -326,8 +359,9 @@ def cpc_loss(encoder, predictor, batch, args, device):
     valid = (steps < horizon)[..., None].expand(-1, -1, num_envs)  # futures past the episode's end do not count
     steps = steps.clamp(max=horizon - 1)
     queries = predictor.queries(hiddens[anchors], actions_onehot[steps])  # (K, N, B, cpc_dim)
-    targets = predictor.embed(rewards[steps], next_obs[steps])
-    loss = infonce_loss(queries, targets, valid)
+    all_targets = predictor.embed(rewards, next_obs)  # (H, B, cpc_dim): what every step brought
+    candidates, labels = negative_candidates(all_targets[steps], all_targets, args)
+    loss = infonce_loss(predictor.score(queries, candidates), labels, valid)
     return loss, {"infonce": loss}
 
 
@@ -809,7 +843,8 @@ if __name__ == "__main__":
                 ppo_loss = pg_loss - ent_coef * entropy_loss + v_loss * args.vf_coef
                 optimizer.zero_grad()
                 ppo_loss.backward()
-                actor_norm = nn.utils.clip_grad_norm_(agent.actor.parameters(), args.max_grad_norm)
+                actor = [*agent.actor.parameters(), *([agent.actor_logstd] if agent.continuous else [])]  # log-std included
+                actor_norm = nn.utils.clip_grad_norm_(actor, args.max_grad_norm)
                 critic_norm = nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm)
                 check_finite(iteration, policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss,
                              actor_gradient_norm=actor_norm, critic_gradient_norm=critic_norm)

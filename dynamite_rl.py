@@ -327,7 +327,6 @@ class Agent(nn.Module):
 
     def get_value(self, x):
         return self.critic(x).squeeze(-1)
-
     def get_action_and_value(self, x, action=None, deterministic=False):
         """Categorical over Discrete actions, a diagonal Gaussian (state-independent std) over Box ones."""
         if self.continuous:
@@ -1015,7 +1014,8 @@ if __name__ == "__main__":
                 ppo_loss = pg_loss - ent_coef * entropy_loss + v_loss * args.vf_coef
                 optimizer.zero_grad()
                 ppo_loss.backward()
-                actor_norm = nn.utils.clip_grad_norm_(agent.actor.parameters(), args.max_grad_norm)
+                actor = [*agent.actor.parameters(), *([agent.actor_logstd] if agent.continuous else [])]  # log-std included
+                actor_norm = nn.utils.clip_grad_norm_(actor, args.max_grad_norm)
                 critic_norm = nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm)
                 check_finite(iteration, policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss,
                              actor_gradient_norm=actor_norm, critic_gradient_norm=critic_norm)
