@@ -485,9 +485,9 @@ class GreedyPolicy:
 # the paper's Table 2 values where continuous control differs from the Gridworld, and the encoder's schedule (README)
 FAMILY_DEFAULTS = {
     "discrete": {"eval_episodes": 2000, "ent_coef": 0.01, "latent_dim": 5, "embed_dim": 16, "norm_reward": False,
-                 "encoder_updates": 8, "encoder_train_steps": 4_000_000},
+                 "encoder_updates": 8, "encoder_train_steps": 4_000_000, "small_batch_steps": 4_000_000},
     "continuous": {"eval_episodes": 25, "ent_coef": 0.05, "latent_dim": 16, "embed_dim": 32, "norm_reward": True,
-                   "encoder_updates": 2, "encoder_train_steps": 0},
+                   "encoder_updates": 2, "encoder_train_steps": 0, "small_batch_steps": 0},
 }
 ENV_DEFAULTS = {"dynamite/ScratchItch-v0": {"ent_coef": 0.01}}  # where one environment differs again (README)
 # the range of every numeric setting (a script skips those it lacks); other integers are counts >= 1, floats >= 0
@@ -496,7 +496,8 @@ RANGES = {"seed": (lambda v: True, "an integer"), "gamma": (lambda v: 0 < v <= 1
           "dirichlet_classes": (lambda v: v >= 2, "an integer >= 2"),
           **{name: (lambda v: v > 0, "> 0") for name in ("learning_rate", "encoder_learning_rate", "clip_coef", "max_grad_norm",
                                                          "dirichlet_alpha")},
-          **{name: (lambda v: v >= 0, "an integer >= 0") for name in ("eval_every", "encoder_updates", "encoder_train_steps")}}
+          **{name: (lambda v: v >= 0, "an integer >= 0") for name in ("eval_every", "encoder_updates", "encoder_train_steps",
+                                                                         "small_batch_steps")}}
 SCRIPT, CHECKPOINT_FORMAT = os.path.basename(__file__), 1
 # what --resume may change; every other setting is the checkpoint's, so that a resumed run continues the run it names
 RESUMABLE = ("total_timesteps", "eval_every", "log_every", "num_threads", "cuda", "track", "wandb_project_name",

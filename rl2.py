@@ -74,6 +74,10 @@ class Args:
     """total environment steps of the experiment"""
     num_envs: int = 64
     """number of environments stepped in lock-step; each iteration collects one whole episode of each"""
+    small_batch_steps: int | None = None
+    """env steps with --num-envs environments, then --policy-num-envs (default: 4 M discrete, 0 continuous: one phase)"""
+    policy_num_envs: int = 256
+    """environments per iteration after --small-batch-steps: the batches of the other scripts' policy phase"""
 
     # Algorithm: PPO on the recurrent agent
     learning_rate: float = 1e-3
@@ -99,7 +103,7 @@ class Args:
     vf_coef: float = 0.5
     """value loss coefficient"""
     max_grad_norm: float = 0.5
-    """the maximum gradient norm"""
+    """the maximum gradient norm, applied to the actor, the critic and the memory they share separately"""
     policy_hidden: int = 128
     """width of the two hidden layers of the actor and of the critic"""
     norm_reward: bool | None = None
@@ -227,6 +231,11 @@ class Agent(nn.Module):
         hiddens, hidden = self.gru(self.fc(torch.cat(parts, -1)), hidden[None])
         return hidden[0], hiddens
 
+    def memory_parameters(self) -> list:
+        """The parameters of the memory the actor and critic share: embeddings, layers before the GRU, GRU."""
+        return [p for module in (self.state_embed, self.action_embed, self.reward_embed, self.fc, self.gru)
+                for p in module.parameters()]
+
     def get_value(self, x):
         return self.critic(x).squeeze(-1)
 
@@ -330,9 +339,9 @@ class GreedyPolicy:
 # the paper's Table 2 values where continuous control differs from the Gridworld, and the encoder's schedule (README)
 FAMILY_DEFAULTS = {
     "discrete": {"eval_episodes": 2000, "ent_coef": 0.01, "latent_dim": 5, "embed_dim": 16, "norm_reward": False,
-                 "encoder_updates": 8, "encoder_train_steps": 4_000_000},
+                 "encoder_updates": 8, "encoder_train_steps": 4_000_000, "small_batch_steps": 4_000_000},
     "continuous": {"eval_episodes": 25, "ent_coef": 0.05, "latent_dim": 16, "embed_dim": 32, "norm_reward": True,
-                   "encoder_updates": 2, "encoder_train_steps": 0},
+                   "encoder_updates": 2, "encoder_train_steps": 0, "small_batch_steps": 0},
 }
 ENV_DEFAULTS = {"dynamite/ScratchItch-v0": {"ent_coef": 0.01}}  # where one environment differs again (README)
 # the range of every numeric setting (a script skips those it lacks); other integers are counts >= 1, floats >= 0
@@ -341,7 +350,8 @@ RANGES = {"seed": (lambda v: True, "an integer"), "gamma": (lambda v: 0 < v <= 1
           "dirichlet_classes": (lambda v: v >= 2, "an integer >= 2"),
           **{name: (lambda v: v > 0, "> 0") for name in ("learning_rate", "encoder_learning_rate", "clip_coef", "max_grad_norm",
                                                          "dirichlet_alpha")},
-          **{name: (lambda v: v >= 0, "an integer >= 0") for name in ("eval_every", "encoder_updates", "encoder_train_steps")}}
+          **{name: (lambda v: v >= 0, "an integer >= 0") for name in ("eval_every", "encoder_updates", "encoder_train_steps",
+                                                                         "small_batch_steps")}}
 SCRIPT, CHECKPOINT_FORMAT = os.path.basename(__file__), 1
 # what --resume may change; every other setting is the checkpoint's, so that a resumed run continues the run it names
 RESUMABLE = ("total_timesteps", "eval_every", "log_every", "num_threads", "cuda", "track", "wandb_project_name",
@@ -488,11 +498,19 @@ if __name__ == "__main__":
     fill_family_defaults(args, envs_)
     obs_dim, action_dim, horizon = int(np.prod(envs_.single_observation_space.shape)), action_size(action_space), \
         envs.protocol.horizon(envs_)
-    batch_size = args.num_envs * horizon
-    num_iterations = max(1, args.total_timesteps // batch_size)
+    batch_size, policy_batch_size = args.num_envs * horizon, args.policy_num_envs * horizon
+    if 0 < args.small_batch_steps < args.total_timesteps:  # small batches, then large ones
+        small_iterations = max(1, args.small_batch_steps // batch_size)
+        num_iterations = small_iterations + max(1, (args.total_timesteps - small_iterations * batch_size) // policy_batch_size)
+    else:
+        small_iterations = num_iterations = max(1, args.total_timesteps // batch_size)
+    total_steps = small_iterations * batch_size + (num_iterations - small_iterations) * policy_batch_size
     if resume is not None and resume["iteration"] >= num_iterations:
         raise SystemExit(f"error: --resume {args.resume!r}: the run has finished its {num_iterations} iterations; "
                          "a larger --total-timesteps extends it")
+    if resume is not None and resume["iteration"] > small_iterations:  # resumed with the large batches
+        envs_.close()
+        envs_ = envs.protocol.make_vector_env(args.env_id, args.policy_num_envs, env_kwargs)
     bayes_return = envs.protocol.bayes_optimal_return(args.env_id, eval_env_kwargs)
 
     agent = Agent(obs_dim, action_space, args).to(device)
@@ -530,15 +548,6 @@ if __name__ == "__main__":
         progress = {"global_step": global_step, "iteration": iteration, "evaluations": evaluations}
         writer.flush()  # what was logged up to the checkpoint survives a kill
         save_checkpoint(checkpoint_path, modules, optimizers, args, envs_, progress)
-
-    # ALGO LOGIC: storage for one iteration of whole episodes, (H, num_envs, ...)
-    obs = torch.zeros((horizon, args.num_envs, obs_dim), device=device)
-    actions = torch.zeros((horizon, args.num_envs, *action_space.shape), device=device,
-                          dtype=torch.long if isinstance(action_space, gym.spaces.Discrete) else torch.float32)
-    logprobs = torch.zeros((horizon, args.num_envs), device=device)
-    rewards = torch.zeros((horizon, args.num_envs), device=device)
-    values = torch.zeros((horizon, args.num_envs), device=device)
-    session_done = torch.zeros((horizon, args.num_envs), dtype=torch.bool, device=device)
 
     def write_eval(iteration: int, final: bool = False) -> None:
         tick = time.time()
@@ -584,7 +593,22 @@ if __name__ == "__main__":
     start_step = global_step
     timing = {"rollout": 0.0, "ppo": 0.0, "eval": 0.0}
     for iteration in range(start_iteration, num_iterations + 1):
-        progress = (iteration - 1.0) / num_iterations
+        if iteration == small_iterations + 1:
+            # ALGO LOGIC: the same policy continues with larger PPO batches, as the other scripts' policy phase
+            envs_.close()
+            envs_ = envs.protocol.make_vector_env(args.env_id, args.policy_num_envs, env_kwargs)
+            envs_.reset(seed=args.seed + 1)
+            print(f"large batches from step {global_step:,}: {args.policy_num_envs} environments per iteration", flush=True)
+        # ALGO LOGIC: storage for one iteration of whole episodes, (H, num_envs, ...)
+        if iteration == start_iteration or iteration == small_iterations + 1:
+            obs = torch.zeros((horizon, envs_.num_envs, obs_dim), device=device)
+            actions = torch.zeros((horizon, envs_.num_envs, *action_space.shape), device=device,
+                                  dtype=torch.long if isinstance(action_space, gym.spaces.Discrete) else torch.float32)
+            logprobs = torch.zeros((horizon, envs_.num_envs), device=device)
+            rewards = torch.zeros((horizon, envs_.num_envs), device=device)
+            values = torch.zeros((horizon, envs_.num_envs), device=device)
+            session_done = torch.zeros((horizon, envs_.num_envs), dtype=torch.bool, device=device)
+        progress = global_step / total_steps  # one schedule over both batch sizes: the policy is not restarted
         if args.anneal_lr:
             optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - 0.9 * progress)
         ent_coef = args.ent_coef * (1.0 - progress)
@@ -592,7 +616,7 @@ if __name__ == "__main__":
         # ALGO LOGIC: rollout of one whole episode in every environment
         tick = time.time()
         next_obs, _ = envs_.reset()
-        state = RecurrentState(args.num_envs, action_dim, args, device)
+        state = RecurrentState(envs_.num_envs, action_dim, args, device)
         with torch.no_grad():
             for t in range(horizon):
                 obs[t] = obs_scaling(next_obs)
@@ -604,7 +628,7 @@ if __name__ == "__main__":
                 session_done[t] = torch.as_tensor(info["session_done"], device=device)
                 check_finite(iteration, reward=rewards[t], observation=obs_scaling(next_obs))
                 state.observe(action_features(action, action_space), rewards[t])
-        global_step += batch_size
+        global_step += envs_.num_envs * horizon
         episode_returns = rewards.sum(0)
         writer.add_scalar("charts/episodic_return", episode_returns.mean().item(), global_step)
         writer.add_scalar("charts/episodic_length", horizon, global_step)
@@ -620,12 +644,12 @@ if __name__ == "__main__":
             episode_ends[-1] = True
             ppo_rewards = scale_rewards(agent, rewards, args.gamma) if args.norm_reward else rewards
             advantages, returns = compute_gae(ppo_rewards, values, next_values, episode_ends, args.gamma, args.gae_lambda)
-        env_inds = np.arange(args.num_envs)
-        envs_per_batch = args.num_envs // args.num_minibatches
+        env_inds = np.arange(envs_.num_envs)
+        envs_per_batch = envs_.num_envs // args.num_minibatches
         clipfracs, pg_loss, v_loss, entropy_loss, approx_kl = [0.0], torch.zeros(()), torch.zeros(()), torch.zeros(()), torch.zeros(())
         for epoch in range(args.update_epochs):
             np.random.shuffle(env_inds)
-            for start in range(0, args.num_envs, envs_per_batch):
+            for start in range(0, envs_.num_envs, envs_per_batch):
                 mb = env_inds[start : start + envs_per_batch]
                 mb_inputs = unroll(agent, obs[:, mb], action_inputs[:, mb], rewards[:, mb], args, device)
                 mb_inputs = mb_inputs.reshape(-1, mb_inputs.shape[-1])
@@ -651,8 +675,13 @@ if __name__ == "__main__":
                 ppo_loss = pg_loss - ent_coef * entropy_loss + v_loss * args.vf_coef
                 optimizer.zero_grad()
                 ppo_loss.backward()
-                grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                check_finite(iteration, policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss, gradient_norm=grad_norm)
+                actor = [*agent.actor.parameters(), *([agent.actor_logstd] if agent.continuous else [])]  # log-std included
+                actor_norm = nn.utils.clip_grad_norm_(actor, args.max_grad_norm)
+                critic_norm = nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm)
+                memory_norm = nn.utils.clip_grad_norm_(agent.memory_parameters(), args.max_grad_norm)
+                check_finite(iteration, policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss,
+                             actor_gradient_norm=actor_norm, critic_gradient_norm=critic_norm,
+                             memory_gradient_norm=memory_norm)
                 optimizer.step()
         timing["ppo"] += time.time() - tick
 

@@ -1,5 +1,8 @@
 """RL^2: the memory runs through whole episodes, session ends included, and starts afresh with every episode."""
 
+import json
+import os
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -7,7 +10,7 @@ import torch
 
 import envs.protocol
 import rl2
-from conftest import discrete_args
+from conftest import TINY, discrete_args, run_script
 
 
 def episode(seed: int = 0, num_envs: int = 3):
@@ -72,3 +75,16 @@ def test_the_update_replays_the_rollout_exactly(tmp_path):
     kls = [event.value for event in events.Scalars("losses/approx_kl")]
     clipfracs = [event.value for event in events.Scalars("losses/clipfrac")]
     assert len(kls) == 2 and max(abs(k) for k in kls) < 1e-6 and max(clipfracs) == 0
+
+
+@pytest.mark.slow
+def test_after_the_small_batches_the_same_policy_continues_on_larger_ones(tmp_path):
+    common = [*TINY["rl2.py"], "--save-model", "--eval-every", "1", "--total-timesteps", "960"]
+    one = run_script("rl2.py", *common, "--small-batch-steps", "0", cwd=tmp_path / "a")
+    two = run_script("rl2.py", *common, "--small-batch-steps", "480", "--policy-num-envs", "4", cwd=tmp_path / "b")
+    steps = [e["global_step"] for e in json.load(open(os.path.join(two, "eval.json")))["evaluations"]]
+    assert steps == [480, 720, 960]  # 1 iteration of 8 episodes, then 2 of 4
+    assert [e["global_step"] for e in json.load(open(os.path.join(one, "eval.json")))["evaluations"]] == [480, 960]
+    optimizer = torch.load(os.path.join(two, "checkpoint.pt"), weights_only=True)["optimizers"]["policy"]
+    # one optimizer through both: 3 iterations of 4 epochs x 2 minibatches (a fresh policy would have 2 x 8)
+    assert all(state["step"].item() == 3 * 4 * 2 for state in optimizer["state"].values())
