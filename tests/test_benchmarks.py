@@ -90,6 +90,29 @@ def test_the_belief_probe_writes_results_and_a_checkpoint_dynamite_rl_resumes(tm
 
 
 @pytest.mark.slow
+def test_the_belief_probe_trains_and_probes_contrabars_history_summary(tmp_path):
+    result = belief_probe.main(belief_probe.Args(script="contrabar.py", updates=4, probe_every=4, train_episodes=64,
+                                                 test_episodes=40, output=str(tmp_path / "probe"),
+                                                 extra="--num-envs 8 --num-minibatches 2 --eval-episodes 16"))
+    assert [row["updates"] for row in result["rows"]] == [4] and "infonce" in result["rows"][0]
+    assert all(np.isfinite(result["rows"][0][f"{name}/mlp_belief_obs"]) for name in ("explorer", "random"))
+    assert not (tmp_path / "run").exists()  # the resumable checkpoint is dynamite_rl.py's alone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["dynamite_rl.py", "contrabar.py"])
+def test_the_belief_probe_probes_the_encoder_of_a_finished_run(script, finished_run, tmp_path):
+    checkpoint = os.path.join(finished_run(script), "checkpoint.pt")
+    result = belief_probe.main(belief_probe.Args(checkpoints=[checkpoint], test_episodes=40,
+                                                 output=str(tmp_path / "probe")))
+    (row,) = result["rows"]
+    assert row["script"] == script and row["return"] == json.load(
+        open(os.path.join(finished_run(script), "eval.json")))["evaluations"][-1]["return"].__round__(2)
+    assert np.isfinite(row["random/mlp_belief_obs"]) and row["random/mlp_belief_obs"] <= 1.0  # an R^2
+    assert "| checkpoint | script | return |" in (tmp_path / "probe.md").read_text()
+
+
+@pytest.mark.slow
 def test_throughput_writes_its_table(tmp_path):
     output = tmp_path / "throughput.md"
     command = [sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--env-id", "dynamite/Gridworld-v0",
@@ -102,6 +125,19 @@ def test_throughput_writes_its_table(tmp_path):
     assert "| raw: one environment |" in table and "| raw: 4 environments in lock-step (SyncVectorEnv) |" in table
     assert "| training: dynamite_rl.py, 1 iterations (240 steps, evaluation excluded) |" in table
     assert "dynamite_rl.py trains at " in table and "% of the single environment's raw rate" in table
+
+
+@pytest.mark.slow
+def test_throughput_times_a_baseline_revision_beside_the_current_scripts(tmp_path):
+    output = tmp_path / "throughput.md"
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--env-id", "dynamite/Gridworld-v0",
+               "--scripts", "rl2.py", "--num-envs", "4", "--iterations", "1", "--seconds", "0.1", "--baseline", "HEAD",
+               "--output", str(output), "--extra=--eval-episodes 2 --num-minibatches 2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = output.read_text()
+    assert "| training: rl2.py, 1 iterations (240 steps, evaluation excluded), at HEAD |" in table
+    assert "evaluation excluded), now: **" in table and "x** |" in table
 
 
 def test_throughput_of_the_raw_simulator_alone_on_box_actions(tmp_path):
