@@ -96,10 +96,11 @@ class DLCMDPReacherEnv(EpisodeSessions, ReacherEnv):
 
 
 class _DLCMDPHalfCheetah(EpisodeSessions, HalfCheetahEnv):
-    """HalfCheetah-v5 physics; subclasses set the latent and the reward."""
+    """HalfCheetah-v5 physics; subclasses set the latent and the reward. The sinusoids' phase is drawn per episode
+    (``random_phase=False``: always 0, when the latent is a fixed function of the session index)."""
 
     def __init__(self, horizon: int = 400, schedule: str = "fixed", session_length: int = 50,
-                 session_prob: float = 1 / 50, num_sessions: int = 8, random_phase: bool = False, **kwargs: Any):
+                 session_prob: float = 1 / 50, num_sessions: int = 8, random_phase: bool = True, **kwargs: Any):
         check_reward_weights(kwargs)  # before the model loads
         HalfCheetahEnv.__init__(self, **kwargs)
         self._init_sessions(horizon, schedule, session_length, session_prob, num_sessions, random_phase)

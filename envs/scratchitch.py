@@ -140,7 +140,7 @@ class ScratchItchEnv(EpisodeSessions, gym.Env):
     latent_changes_dynamics = False
 
     def __init__(self, horizon: int = 200, schedule: str = "fixed", session_length: int = 50,
-                 session_prob: float = 1 / 50, num_sessions: int = 4, random_phase: bool = False,
+                 session_prob: float = 1 / 50, num_sessions: int = 4, random_phase: bool = True,
                  arm_pose_noise: float = 0.1, render_mode: str | None = None,
                  render_size: tuple[int, int] = (320, 240)):
         if render_mode not in (None, "rgb_array"):

@@ -103,7 +103,7 @@ def test_rewards_follow_the_paper_with_a_control_cost():
     action = np.full(6, 0.5)
     _, reward, _, _, info = env.step(action)
     assert reward == pytest.approx(info["latent"][0] * info["x_velocity"] - 0.05 * np.linalg.norm(action))
-    env = gym.make("dynamite/HalfCheetahVel-v0")
+    env = gym.make("dynamite/HalfCheetahVel-v0", random_phase=False)  # v_g = 1.5 + 1.5 sin(0.2 i)
     env.reset(seed=0)
     _, reward, _, _, info = env.step(action)
     assert reward == pytest.approx(-abs(info["x_velocity"] - 1.5) - 0.05 * np.linalg.norm(action))
@@ -140,3 +140,15 @@ def test_the_reward_is_a_python_float(env_id):
     env.reset(seed=0)
     reward = env.step(env.action_space.sample())[1]
     assert type(reward) is float
+
+
+@pytest.mark.parametrize("env_id", ["dynamite/HalfCheetahVel-v0", "dynamite/HalfCheetahWindVel-v0"])
+def test_the_sinusoids_phase_is_drawn_per_episode_so_the_session_index_does_not_give_the_latent_away(env_id):
+    env, fixed = gym.make(env_id).unwrapped, gym.make(env_id, random_phase=False).unwrapped
+    first_latents = set()
+    for seed in range(3):
+        env.reset(seed=seed)
+        fixed.reset(seed=seed)
+        first_latents.add(tuple(np.round(env.latent, 6)))
+        assert 0 <= env._phase < 2 * np.pi and fixed._phase == 0.0
+    assert len(first_latents) == 3  # the first session's latent differs between episodes

@@ -43,7 +43,19 @@ def test_the_itch_moves_only_at_session_ends_and_stays_on_the_arm(schedule):
     assert np.array_equal(moved, done[:-1])  # the itch moves exactly at the session ends
     assert np.all((latents >= 0) & (latents <= 1))
     sessions = np.array([i["session"] for i in infos])
-    np.testing.assert_allclose(latents, (0.5 + np.sin(0.2 * sessions) + 0.5) / 2)
+    phase = env.unwrapped._phase  # drawn per episode by default
+    np.testing.assert_allclose(latents, (0.5 + np.sin(0.2 * sessions + phase) + 0.5) / 2)
+
+
+def test_the_phase_of_the_itchs_path_is_drawn_per_episode_unless_fixed():
+    env, fixed = gym.make(ID).unwrapped, gym.make(ID, random_phase=False).unwrapped
+    phases = []
+    for seed in range(3):
+        env.reset(seed=seed)
+        fixed.reset(seed=seed)
+        phases.append(env._phase)
+        assert fixed._phase == 0.0
+    assert len(set(phases)) == 3 and all(0 <= p < 2 * np.pi for p in phases)
 
 
 def test_the_itch_is_not_in_the_observation():
@@ -137,7 +149,7 @@ def press(env, target: np.ndarray, depth: float, steps: int = 50) -> dict:
 
 
 def test_the_simulator_rewards_a_gentle_scratch_and_penalises_pressing_hard_or_elsewhere():
-    env = gym.make(ID, arm_pose_noise=0.0).unwrapped
+    env = gym.make(ID, arm_pose_noise=0.0, random_phase=False).unwrapped  # the itch where the presses reach it
     env.reset(seed=0)
     gentle = press(env, env.itch, depth=-0.008)
     assert 0 < gentle["itch_force"] <= 10 and gentle["reward_scratch"] == scratchitch.SCRATCH_BONUS
