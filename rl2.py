@@ -511,7 +511,8 @@ if __name__ == "__main__":
         tick = time.time()
         result = envs.protocol.evaluate(
             args.env_id, eval_env_kwargs, lambda n: GreedyPolicy(n, agent, obs_scaling, action_space, horizon, args, device),
-            args.eval_episodes, consecutive=5 if final else 1, seed=args.seed + 1_000_000)
+            args.eval_episodes, consecutive=5 if final else 1, seed=args.seed + 1_000_000,
+            episode_returns=final)
         timing["eval"] += time.time() - tick
         result.update(iteration=iteration, global_step=global_step,
                       train_time=train_time_before + sum(v for k, v in timing.items() if k != "eval"),

@@ -102,14 +102,15 @@ def random_episode(vector_env, episode_horizon: int) -> list[tuple]:
 
 
 def evaluate(env_id: str, env_kwargs: dict, make_policy, num_episodes: int, consecutive: int = 1,
-             seed: int = 0) -> dict:
+             seed: int = 0, episode_returns: bool = False) -> dict:
     """Greedy returns: mean and per session over ``num_episodes`` episodes, then ``consecutive`` episodes back to
-    back in the same task (goals kept, the latent's dynamics and whatever the policy carries go on)."""
+    back in the same task (goals kept, the latent's dynamics and whatever the policy carries go on); with
+    ``episode_returns`` also the return of each of the first episodes (for box plots)."""
     eval_envs = make_vector_env(env_id, num_episodes, env_kwargs)
     episode_horizon = horizon(eval_envs)
     policy = make_policy(num_episodes)
     obs, _ = eval_envs.reset(seed=seed)
-    episode_returns = []
+    consecutive_returns = []
     for episode in range(consecutive):
         if episode > 0:
             obs, _ = eval_envs.reset(options={"keep_task": True})
@@ -122,7 +123,7 @@ def evaluate(env_id: str, env_kwargs: dict, make_policy, num_episodes: int, cons
             session_returns[np.arange(num_episodes), info["session"]] += reward
             num_sessions = max(num_sessions, int(info["session"].max()) + 1)
             policy.observe(reward, info)
-        episode_returns.append(float(total.mean()))
+        consecutive_returns.append(float(total.mean()))
         if episode == 0:
             first_return, per_session = total, session_returns[:, :num_sessions].mean(0).tolist()
     eval_envs.close()
@@ -130,8 +131,9 @@ def evaluate(env_id: str, env_kwargs: dict, make_policy, num_episodes: int, cons
         "return": float(first_return.mean()),
         "return_std": float(first_return.std()),
         "return_per_session": per_session,
-        "consecutive_episode_returns": episode_returns,
+        "consecutive_episode_returns": consecutive_returns,
         "episodes": num_episodes,
+        **({"episode_returns": first_return.tolist()} if episode_returns else {}),
     }
 
 
