@@ -102,6 +102,7 @@ class Args:
     conditioning: bool = True  # condition on the previous session's belief, with a latent-dynamics prior
     session_recon: bool = True  # reconstruct only the current session (off: the whole trajectory, as VariBAD)
     oracle_sessions: bool = False  # at rollout time use the true session terminations instead of the termination head
+    session_encoder: bool = False  # reset the GRU at each session end: the previous belief is the only memory (README)
 
 
 class ObservationScaling(nn.Module):
@@ -179,18 +180,30 @@ class Encoder(nn.Module):
         self.gru = nn.GRU(args.encoder_hidden, args.gru_hidden)
         self.belief_mean = nn.Linear(args.gru_hidden, belief_size(args))
         self.belief_logvar = nn.Linear(args.gru_hidden, belief_size(args))
-        self.termination = nn.Linear(args.gru_hidden, 1)
+        self.termination = mlp(args.gru_hidden + 3 * args.embed_dim, args.decoder_hidden, 1, out_std=1.0)
         self.conditioning = args.conditioning
+
+    def embed(self, prev_actions, rewards, obs):
+        return torch.cat([self.action_embed(prev_actions), self.reward_embed(rewards), self.state_embed(obs)], -1)
 
     def forward(self, hidden, prev_actions, rewards, obs, prev_session_beliefs):
         """Steps (T, B, ...) from the GRU state ``hidden`` (B, gru_hidden) in one fused GRU call: inputs (a_{t-1}, r_t,
-        s_t); returns the last GRU state and each step's belief (mean, logvar) and termination logit, which predicts
-        d_t, "this step ends the session"."""
-        parts = [self.action_embed(prev_actions), self.reward_embed(rewards), self.state_embed(obs)]
+        s_t); returns the last GRU state, every step's GRU state and each step's belief (mean, logvar)."""
+        parts = [self.embed(prev_actions, rewards, obs)]
         if self.conditioning:
             parts.append(prev_session_beliefs)
         hiddens, hidden = self.gru(self.fc(torch.cat(parts, -1)), hidden[None])
-        return hidden[0], self.belief_mean(hiddens), self.belief_logvar(hiddens), self.termination(hiddens).squeeze(-1)
+        return hidden[0], hiddens, self.belief_mean(hiddens), self.belief_logvar(hiddens)
+
+    def termination_logit(self, hidden_before, prev_actions, rewards, obs):
+        """After the fact (the paper's Algorithm 3): did the transition into s_t end a session? Read from the GRU state
+        before step t and the step's input (a_{t-1}, r_t, s_t), e.g. the start cell the agent jumped to."""
+        return self.termination(torch.cat([hidden_before, self.embed(prev_actions, rewards, obs)], -1)).squeeze(-1)
+
+    def prior(self, batch: int):
+        """The belief at the GRU's initial state, (mean, logvar) of shape (batch, D): the first KL target, as VariBAD's."""
+        hidden = torch.zeros(batch, self.gru.hidden_size, device=self.belief_mean.weight.device)
+        return self.belief_mean(hidden), self.belief_logvar(hidden)
 
 
 class LatentDynamicsPrior(nn.Module):
@@ -353,18 +366,21 @@ def session_final_index(session_done):
     return torch.flip(torch.cummin(torch.flip(ends, [0]), 0).values, [0])
 
 
-def kl_loss(means, logvars, session_done, session_start_prior):
-    """Mean over steps of KL(q_t || target_t): q_{t-1} inside a session, the session-start prior at its start.
-
-    ``session_start_prior`` is (mean, logvar) of shape (H, B, D), used where t starts a session.
-    """
-    starts = torch.ones_like(session_done, dtype=torch.bool)
-    starts[1:] = session_done[:-1].bool()
-    prev_mean = torch.cat([means[:1], means[:-1]])
-    prev_logvar = torch.cat([logvars[:1], logvars[:-1]])
-    target_mean = torch.where(starts[..., None], session_start_prior[0], prev_mean)
-    target_logvar = torch.where(starts[..., None], session_start_prior[1], prev_logvar)
-    return gaussian_kl(means, logvars, target_mean, target_logvar).mean()
+def kl_loss(means, logvars, session_done, prior, base, dynamics_prior=None):
+    """Mean over the prior and the H beliefs of KL(q_t || target_t), as VariBAD's: the prior at the GRU's initial
+    state (``prior``, (B, D) twice) against the latent's prior ``base`` ((D,) twice), then each belief against the one
+    before it, except that where a later session starts the target is ``dynamics_prior`` ((H, B, D) twice, the
+    latent-dynamics prior of --conditioning) when given."""
+    all_means, all_logvars = torch.cat([prior[0][None], means]), torch.cat([prior[1][None], logvars])
+    target_means, target_logvars = all_means[:-1], all_logvars[:-1]
+    if dynamics_prior is not None:
+        later_start = torch.zeros_like(session_done, dtype=torch.bool)
+        later_start[1:] = session_done[:-1].bool()
+        target_means = torch.where(later_start[..., None], dynamics_prior[0], target_means)
+        target_logvars = torch.where(later_start[..., None], dynamics_prior[1], target_logvars)
+    target_means = torch.cat([base[0].expand_as(prior[0])[None], target_means])
+    target_logvars = torch.cat([base[1].expand_as(prior[1])[None], target_logvars])
+    return gaussian_kl(all_means, all_logvars, target_means, target_logvars).mean()
 
 
 def consistency_loss(means, logvars, session_done):
@@ -380,8 +396,9 @@ def consistency_loss(means, logvars, session_done):
 
 
 def termination_loss(termination_logits, session_done):
-    """Binary cross-entropy of the termination head against the true session ends."""
-    return F.binary_cross_entropy_with_logits(termination_logits, session_done.float())
+    """Binary cross-entropy of the termination head at steps 1..H-1 against the true ends of the transitions before
+    them, session_done[0..H-2] (step 0 follows no transition)."""
+    return F.binary_cross_entropy_with_logits(termination_logits[1:], session_done[:-1].float())
 
 
 def reconstruction_loss(decoder, means, logvars, obs, actions, rewards, next_obs, session_done, mask, belief_steps,
@@ -431,74 +448,83 @@ def scale_rewards(agent, rewards, gamma: float):
 
 # ALGO LOGIC: encoding a batch of episodes step by step, shared by rollouts, training and evaluation
 class BeliefState:
-    """What the encoder carries from step to step: GRU state, last action and reward, previous session's belief."""
+    """What the encoder carries from step to step: GRU state, last action, reward and belief, and the previous
+    session's belief. A session end is found after the fact, at the first step of the next session."""
 
     def __init__(self, num_envs: int, action_dim: int, args: Args, device):
         self.hidden = torch.zeros(num_envs, args.gru_hidden, device=device)
         self.prev_action = torch.zeros(num_envs, action_dim, device=device)
         self.reward = torch.zeros(num_envs, 1, device=device)
+        self.belief = torch.zeros(num_envs, 2 * belief_size(args), device=device)
         self.prev_session_belief = torch.zeros(num_envs, 2 * belief_size(args), device=device)
+        self.session_encoder, self.started = args.session_encoder, False
 
-    def encode(self, encoder: Encoder, obs):
-        """One step for every environment: (mean, logvar, termination logit) of the belief after observing ``obs``."""
-        self.hidden, mean, logvar, termination_logit = encoder(
-            self.hidden, self.prev_action[None], self.reward[None], obs[None], self.prev_session_belief[None]
-        )
-        return mean[0], logvar[0], termination_logit[0]
+    def encode(self, encoder: Encoder, obs, session_end=None):
+        """One step for every environment: first the termination head says whether the transition into ``obs`` ended a
+        session (``session_end``, if given, says it instead: the true ends); then the belief after ``obs``. Returns
+        (mean, logvar, termination logit, session end)."""
+        logit = encoder.termination_logit(self.hidden, self.prev_action, self.reward, obs)
+        ended = (logit > 0 if session_end is None else session_end.bool()) & self.started
+        self.end_sessions(ended, self.belief)
+        self.hidden, _, mean, logvar = encoder(self.hidden, self.prev_action[None], self.reward[None], obs[None],
+                                               self.prev_session_belief[None])
+        return mean[0], logvar[0], logit, ended
 
-    def observe(self, action_onehot, reward, mean, logvar, session_end):
-        """After the step: a session end makes this step's belief the one the next session conditions on."""
+    def end_sessions(self, ended, belief):
+        """Where a session ended, ``belief`` (its last) becomes the one the next session conditions on; with
+        --session-encoder the GRU starts again from zero."""
+        self.prev_session_belief = torch.where(ended[:, None], belief.detach(), self.prev_session_belief)
+        if self.session_encoder:
+            self.hidden = torch.where(ended[:, None], torch.zeros_like(self.hidden), self.hidden)
+
+    def observe(self, action_onehot, reward, mean, logvar):
         self.prev_action, self.reward = action_onehot, reward[:, None]
-        belief = torch.cat([mean, logvar], -1).detach()
-        self.prev_session_belief = torch.where(session_end[:, None], belief, self.prev_session_belief)
+        self.belief, self.started = torch.cat([mean, logvar], -1).detach(), True
 
 
 def encode_episodes(encoder, obs, actions_onehot, rewards, session_done, args, device):
-    """Teacher-forced pass over whole episodes (H, B, ...): true session ends drive the conditioning. The same beliefs
-    as BeliefState step by step, computed by one fused GRU call per stretch of steps in which no episode's
-    previous-session belief changes (the whole episode without conditioning)."""
+    """Teacher-forced pass over whole episodes (H, B, ...): the true session ends drive the conditioning (and the
+    resets of --session-encoder). The same beliefs as BeliefState step by step, computed by one fused GRU call per
+    stretch of steps in which no episode's session changes (the whole episode if nothing depends on it). Returns the
+    beliefs (mean, logvar), the termination logits (step t: did the transition before it end a session) and the
+    previous session's belief each step read."""
     horizon, num_envs = rewards.shape
     state = BeliefState(num_envs, actions_onehot.shape[-1], args, device)
     prev_actions = torch.cat([state.prev_action[None], actions_onehot[:-1]])
     prev_rewards = torch.cat([state.reward[None], rewards[:-1, :, None]])
-    changes = session_done[:-1].any(1) if args.conditioning else torch.zeros(horizon - 1, dtype=torch.bool, device=device)
+    changes = session_done[:-1].any(1) if args.conditioning or args.session_encoder else \
+        torch.zeros(horizon - 1, dtype=torch.bool, device=device)
     stops = [*(changes.nonzero()[:, 0] + 1).tolist(), horizon]
-    means, logvars, logits, prev_session_beliefs, start = [], [], [], [], 0
+    hiddens, means, logvars, prev_session_beliefs, start = [], [], [], [], 0
     for stop in stops:
         prev_session_beliefs.append(state.prev_session_belief.expand(stop - start, -1, -1))
-        state.hidden, mean, logvar, logit = encoder(state.hidden, prev_actions[start:stop], prev_rewards[start:stop],
-                                                    obs[start:stop], prev_session_beliefs[-1])
-        state.observe(actions_onehot[stop - 1], rewards[stop - 1], mean[-1], logvar[-1], session_done[stop - 1].bool())
-        means.append(mean), logvars.append(logvar), logits.append(logit)
+        state.hidden, hidden, mean, logvar = encoder(state.hidden, prev_actions[start:stop], prev_rewards[start:stop],
+                                                     obs[start:stop], prev_session_beliefs[-1])
+        state.end_sessions(session_done[stop - 1].bool(), torch.cat([mean[-1], logvar[-1]], -1))
+        hiddens.append(hidden), means.append(mean), logvars.append(logvar)
         start = stop
-    return torch.cat(means), torch.cat(logvars), torch.cat(logits), torch.cat(prev_session_beliefs)
-
-
-def session_start_prior(prior_net, prev_session_beliefs, session_done, args):
-    """(mean, logvar) the KL uses where a session starts: the latent's prior in the first session, and in later
-    ones the latent-dynamics prior p(m' | previous session's belief) when conditioning, the latent's prior otherwise."""
-    base_mean, base_logvar = (p.expand(*session_done.shape, -1) for p in latent_prior(args, session_done.device))
-    if not args.conditioning:
-        return base_mean, base_logvar
-    mean, logvar = prior_net(prev_session_beliefs)
-    later = (session_index(session_done) > 0)[..., None]
-    return torch.where(later, mean, base_mean), torch.where(later, logvar, base_logvar)
+    hiddens = torch.cat(hiddens)  # the GRU state after each step, before any reset
+    logits = encoder.termination_logit(torch.cat([torch.zeros_like(hiddens[:1]), hiddens[:-1]]), prev_actions,
+                                       prev_rewards, obs)
+    return torch.cat(means), torch.cat(logvars), logits, torch.cat(prev_session_beliefs)
 
 
 def vae_loss(encoder, decoder, prior_net, batch, args, device):
-    """The DynaMITE-RL objective (paper eq. 6) on a batch of episodes; returns (loss, dict of terms)."""
+    """The DynaMITE-RL objective (paper eq. 6) on a batch of episodes; returns (loss, dict of terms). With all three
+    components off it is VariBAD's objective plus the termination head's cross-entropy."""
     obs, actions_onehot, rewards, next_obs, session_done = batch
     means, logvars, logits, prev_beliefs = encode_episodes(encoder, obs, actions_onehot, rewards, session_done, args, device)
-    horizon = rewards.shape[0]
+    horizon, num_envs = rewards.shape
     if args.decode_beliefs >= horizon:
         belief_steps = torch.arange(horizon, device=device)
     else:
         belief_steps = torch.randperm(horizon)[: args.decode_beliefs].to(device)
     mask = reconstruction_mask(session_done, args.session_recon)
+    dynamics_prior = prior_net(prev_beliefs) if args.conditioning else None  # p(m' | previous session's belief)
     terms = {
         "reconstruction": reconstruction_loss(decoder, means, logvars, obs, actions_onehot, rewards, next_obs,
                                               session_done, mask, belief_steps, sample=not args.decode_mean, args=args),
-        "kl": kl_loss(means, logvars, session_done, session_start_prior(prior_net, prev_beliefs, session_done, args)),
+        "kl": kl_loss(means, logvars, session_done, encoder.prior(num_envs), latent_prior(args, device), dynamics_prior),
         "termination": termination_loss(logits, session_done),
     }
     loss = terms["reconstruction"] + args.kl_weight * terms["kl"] + args.termination_weight * terms["termination"]
@@ -555,31 +581,43 @@ class EpisodeBuffer:
 
 
 class GreedyPolicy:
-    """The policy of the evaluation protocol (envs.protocol): greedy actions on the belief it carries on."""
+    """The policy of the evaluation protocol (envs.protocol): greedy actions on the belief it carries on; it counts
+    how the termination head's session ends compare with the true ones."""
 
     def __init__(self, num_envs: int, encoder, agent, obs_scaling, space, horizon: int, args: Args, device):
         self.encoder, self.agent, self.obs_scaling, self.space, self.horizon = encoder, agent, obs_scaling, space, horizon
         self.args, self.device, self.state = args, device, BeliefState(num_envs, action_size(space), args, device)
+        self.true_end, self.detections = None, {"hits": 0, "fired": 0, "ends": 0}
 
     @torch.no_grad()
     def act(self, obs, t: int) -> np.ndarray:
         obs = self.obs_scaling(obs)
-        self.mean, self.logvar, self.termination_logit = self.state.encode(self.encoder, obs)
+        self.mean, self.logvar, logit, _ = self.state.encode(self.encoder, obs,
+                                                            self.true_end if self.args.oracle_sessions else None)
+        if self.true_end is not None:
+            count_detections(self.detections, logit, self.true_end)
         inputs = policy_input(self.agent, obs, t, self.horizon, self.mean, self.logvar, self.args)
         self.action = self.agent.get_action_and_value(inputs, deterministic=True)[0]
         return env_action(self.action, self.space)
 
     def observe(self, reward, info) -> None:
         self.state.observe(action_features(self.action, self.space),
-                           torch.as_tensor(reward, dtype=torch.float32, device=self.device), self.mean, self.logvar,
-                           session_end_signal(info, self.termination_logit, self.args, self.device))
+                           torch.as_tensor(reward, dtype=torch.float32, device=self.device), self.mean, self.logvar)
+        self.true_end = torch.as_tensor(info["session_done"], device=self.device)
 
 
-def session_end_signal(info, termination_logit, args, device):
-    """Where the agent marks a session end at rollout time: the true one with --oracle-sessions, else the head."""
-    if args.oracle_sessions:
-        return torch.as_tensor(info["session_done"], device=device)
-    return torch.sigmoid(termination_logit) > 0.5
+def count_detections(counts: dict, termination_logit, true_end) -> None:
+    """Add one step's comparison of the head's session ends (logit > 0) with the true ones to ``counts``."""
+    fired = termination_logit > 0
+    counts["hits"] += int((fired & true_end).sum())
+    counts["fired"] += int(fired.sum())
+    counts["ends"] += int(true_end.sum())
+
+
+def detection_rates(counts: dict) -> dict:
+    """Precision and recall of the termination head at the exact step (NaN where there is nothing to divide by)."""
+    return {"precision": counts["hits"] / counts["fired"] if counts["fired"] else float("nan"),
+            "recall": counts["hits"] / counts["ends"] if counts["ends"] else float("nan")}
 
 
 # TRY NOT TO MODIFY: settings, checks and checkpoints, the same in every script of the library
@@ -805,10 +843,14 @@ if __name__ == "__main__":
 
     def write_eval(iteration: int, final: bool = False) -> None:
         tick = time.time()
+        policies = []  # (the one the protocol makes, for its session-end counts)
         result = envs.protocol.evaluate(
-            args.env_id, eval_env_kwargs, lambda n: GreedyPolicy(n, encoder, agent, obs_scaling, action_space, horizon, args, device),
-            args.eval_episodes, consecutive=5 if final else 1, seed=args.seed + 1_000_000,
-            episode_returns=final)
+            args.env_id, eval_env_kwargs, lambda n: policies.append(GreedyPolicy(
+                n, encoder, agent, obs_scaling, action_space, horizon, args, device)) or policies[-1],
+            args.eval_episodes, consecutive=5 if final else 1, seed=args.seed + 1_000_000, episode_returns=final)
+        result["session_detection"] = detection_rates(policies[0].detections)
+        for name, value in result["session_detection"].items():
+            writer.add_scalar(f"eval/session_{name}", value, global_step)
         timing["eval"] += time.time() - tick
         result.update(iteration=iteration, global_step=global_step,
                       train_time=train_time_before + sum(v for k, v in timing.items() if k != "eval"),
@@ -883,10 +925,14 @@ if __name__ == "__main__":
         tick = time.time()
         next_obs, _ = envs_.reset()
         state = BeliefState(envs_.num_envs, action_dim, args, device)
+        detections = {"hits": 0, "fired": 0, "ends": 0}
         with torch.no_grad():
             for t in range(horizon):
                 obs[t] = obs_scaling(next_obs)
-                mean, logvar, termination_logit = state.encode(encoder, obs[t])
+                true_end = session_done[t - 1] if t > 0 else None  # the transition before this step
+                mean, logvar, termination_logit, _ = state.encode(encoder, obs[t], true_end if args.oracle_sessions else None)
+                if true_end is not None:
+                    count_detections(detections, termination_logit, true_end)
                 beliefs[t] = policy_belief(mean, logvar, args)
                 policy_inputs[t] = policy_input(agent, obs[t], t, horizon, mean, logvar, args)
                 action, logprob, _, value = agent.get_action_and_value(policy_inputs[t])
@@ -896,9 +942,10 @@ if __name__ == "__main__":
                 session_done[t] = torch.as_tensor(info["session_done"], device=device)
                 next_obs_buf[t] = obs_scaling(next_obs)
                 check_finite(iteration, reward=rewards[t], observation=next_obs_buf[t])
-                state.observe(action_features(action, action_space), rewards[t], mean, logvar,
-                              session_end_signal(info, termination_logit, args, device))
+                state.observe(action_features(action, action_space), rewards[t], mean, logvar)
         agent.belief_rms.update(beliefs)
+        for name, value in detection_rates(detections).items():  # how well the head finds the true session ends
+            writer.add_scalar(f"charts/session_{name}", value, global_step)
         global_step += policy_batch_size if policy_phase else batch_size
         episode_returns = rewards.sum(0)
         writer.add_scalar("charts/episodic_return", episode_returns.mean().item(), global_step)

@@ -63,15 +63,10 @@ def reward_terms(checkpoint_path: str, episodes: int, seed: int) -> tuple[str, d
     encoder, agent, obs_scaling = modules["encoder"], modules["agent"], modules["obs_scaling"]
     sums: dict[str, list[float]] = {}
     for episode in range(episodes):
-        state = algo.BeliefState(1, algo.action_size(space), args, "cpu")
+        policy = algo.GreedyPolicy(1, encoder, agent, obs_scaling, space, horizon, args, "cpu")  # as its evaluation acts
         obs, _ = env.reset(seed=seed + episode)
         for t in range(horizon):
-            obs_t = obs_scaling(obs[None])
-            belief = state.encode(encoder, obs_t)
-            mean, logvar = belief[0], belief[1]
-            action, _, _, _ = agent.get_action_and_value(
-                algo.policy_input(agent, obs_t, t, horizon, mean, logvar, args), deterministic=True)
-            obs, reward, _, _, info = env.step(algo.env_action(action, space)[0])
+            obs, reward, _, _, info = env.step(policy.act(obs[None], t)[0])
             seen = {k: float(v) for k, v in info.items() if k.startswith("reward_")}
             seen["reward (total)"] = float(reward)
             if "itch" in info:  # ScratchItch
@@ -80,11 +75,7 @@ def reward_terms(checkpoint_path: str, episodes: int, seed: int) -> tuple[str, d
                 seen["steps scratching (%)"] = 100.0 * (info["reward_scratch"] > 0)
             for key, value in seen.items():
                 sums.setdefault(key, []).append(value)
-            signal = [algo.action_features(action, space), torch.tensor([reward], dtype=torch.float32)]
-            if len(belief) == 3:  # DynaMITE-RL: the session end the agent marks, as in its own evaluation
-                info_batch = {"session_done": np.array([info["session_done"]])}
-                signal += [mean, logvar, algo.session_end_signal(info_batch, belief[2], args, "cpu")]
-            state.observe(*signal)
+            policy.observe(np.array([reward], dtype=np.float32), {"session_done": np.array([info["session_done"]])})
     env.close()
     label = f"{algo.__name__}.py, {os.path.relpath(checkpoint_path)}"
     return label, {key: float(np.mean(values)) for key, values in sums.items()}

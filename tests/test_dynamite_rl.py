@@ -32,30 +32,26 @@ def test_reconstruction_mask_selects_exactly_the_same_session_pairs():
     assert dm.reconstruction_mask(SESSION_DONE, session_recon=False).all()
 
 
-def test_kl_uses_previous_belief_inside_a_session_and_the_prior_at_its_start():
+def test_kl_follows_the_chain_of_beliefs_from_the_prior_and_the_dynamics_prior_at_later_session_starts():
     gen = torch.Generator().manual_seed(1)
     means, logvars = torch.randn(6, 2, 3, generator=gen), torch.randn(6, 2, 3, generator=gen)
-    prior = (torch.randn(6, 2, 3, generator=gen), torch.randn(6, 2, 3, generator=gen))
-    expected = torch.zeros(6, 2)
-    for b in range(2):
-        for t in range(6):
-            start = t == 0 or bool(SESSION_DONE[t - 1, b])
-            target = (prior[0][t, b], prior[1][t, b]) if start else (means[t - 1, b], logvars[t - 1, b])
-            expected[t, b] = dm.gaussian_kl(means[t, b], logvars[t, b], *target)
-    torch.testing.assert_close(dm.kl_loss(means, logvars, SESSION_DONE, prior), expected.mean())
-
-
-def test_session_start_prior_is_standard_normal_in_the_first_session():
-    args = discrete_args(dm, latent_dim=3)
-    prior_net = dm.LatentDynamicsPrior(args)
-    beliefs = torch.randn(6, 2, 6)
-    mean, logvar = dm.session_start_prior(prior_net, beliefs, SESSION_DONE, args)
-    first = dm.session_index(SESSION_DONE) == 0
-    assert (mean[first] == 0).all() and (logvar[first] == 0).all()
-    learned_mean, _ = prior_net(beliefs)
-    torch.testing.assert_close(mean[~first], learned_mean[~first])
-    off_mean, off_logvar = dm.session_start_prior(prior_net, beliefs, SESSION_DONE, discrete_args(dm, latent_dim=3, conditioning=False))
-    assert (off_mean == 0).all() and (off_logvar == 0).all()
+    prior = (torch.randn(2, 3, generator=gen), torch.randn(2, 3, generator=gen))  # the belief at the initial state
+    base = (torch.randn(3, generator=gen), torch.randn(3, generator=gen))  # the latent's prior
+    dynamics = (torch.randn(6, 2, 3, generator=gen), torch.randn(6, 2, 3, generator=gen))
+    sessions = [[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 2]]  # written out
+    for with_dynamics in (True, False):
+        expected = torch.zeros(7, 2)
+        for b in range(2):
+            expected[0, b] = dm.gaussian_kl(prior[0][b], prior[1][b], *base)
+            for t in range(6):
+                later_start = t > 0 and sessions[b][t] != sessions[b][t - 1]
+                if later_start and with_dynamics:
+                    target = (dynamics[0][t, b], dynamics[1][t, b])
+                else:
+                    target = (means[t - 1, b], logvars[t - 1, b]) if t > 0 else (prior[0][b], prior[1][b])
+                expected[t + 1, b] = dm.gaussian_kl(means[t, b], logvars[t, b], *target)
+        kl = dm.kl_loss(means, logvars, SESSION_DONE, prior, base, dynamics if with_dynamics else None)
+        torch.testing.assert_close(kl, expected.mean())
 
 
 def converging_posteriors():
@@ -101,12 +97,21 @@ def test_consistency_gradient_does_not_flow_into_the_final_belief():
             assert means.grad[t, b].abs().sum() == 0 and logvars.grad[t, b].abs().sum() == 0
 
 
-def test_termination_loss_is_binary_cross_entropy():
-    logits = torch.tensor([[2.0, -1.0], [0.0, 3.0]])
-    done = torch.tensor([[1, 0], [0, 1]], dtype=torch.bool)
-    p = torch.sigmoid(logits)
-    expected = -(done * p.log() + (~done) * (1 - p).log()).mean()
+def test_termination_loss_is_the_cross_entropy_of_each_step_against_the_end_of_the_transition_before_it():
+    logits = torch.tensor([[9.0, 9.0], [2.0, -1.0], [0.0, 3.0]])  # step 0 follows no transition: not counted
+    done = torch.tensor([[1, 0], [0, 1], [1, 1]], dtype=torch.bool)  # the last step's end has no step after it
+    p, before = torch.sigmoid(logits[1:]), done[:-1]
+    expected = -(before * p.log() + (~before) * (1 - p).log()).mean()
     torch.testing.assert_close(dm.termination_loss(logits, done), expected)
+
+
+def test_detection_counts_give_precision_and_recall_at_the_exact_step():
+    counts = {"hits": 0, "fired": 0, "ends": 0}
+    dm.count_detections(counts, torch.tensor([3.0, -1.0, 2.0, -2.0]), torch.tensor([True, True, False, False]))
+    dm.count_detections(counts, torch.tensor([1.0, 1.0, -1.0, -1.0]), torch.tensor([True, False, False, False]))
+    assert counts == {"hits": 2, "fired": 4, "ends": 3}
+    assert dm.detection_rates(counts) == {"precision": 0.5, "recall": 2 / 3}
+    assert all(np.isnan(v) for v in dm.detection_rates({"hits": 0, "fired": 0, "ends": 0}).values())
 
 
 def test_reconstruction_ignores_masked_out_targets():
@@ -207,7 +212,7 @@ def test_no_session_recon_makes_every_belief_reconstruct_the_whole_episode():
     torch.testing.assert_close(loss_off - loss_on, terms_off["reconstruction"] - terms_on["reconstruction"])
 
 
-def test_no_conditioning_ignores_the_previous_session_belief_and_targets_a_standard_normal_at_every_session_start():
+def test_no_conditioning_removes_the_previous_session_belief_and_the_kl_chain_goes_on_through_session_starts():
     on, off = discrete_args(dm, latent_dim=3), discrete_args(dm, latent_dim=3, conditioning=False)
     (encoder_on, decoder, prior_net), (encoder_off, _, _) = networks(on), networks(off)
     assert encoder_on.fc[0].in_features == 3 * on.embed_dim + 2 * on.latent_dim
@@ -224,19 +229,59 @@ def test_no_conditioning_ignores_the_previous_session_belief_and_targets_a_stand
             assert not torch.allclose(with_ends[3:, 0], without[3:, 0])
         else:
             torch.testing.assert_close(with_ends, without)
-    # and every session start is pulled towards N(0, I), never towards the latent-dynamics prior
-    standard = (torch.zeros(6, 2, 3), torch.zeros(6, 2, 3))
+    # and the KL: the latent-dynamics prior at a later session's start with conditioning; without, the belief
+    # before it, as within a session (one change: the input goes, the chain of beliefs stays as VariBAD's)
     for encoder, args in ((encoder_off, off), (encoder_on, on)):
-        means, logvars, _, _ = dm.encode_episodes(encoder, obs, actions, rewards, done, args, "cpu")
+        means, logvars, _, prev = dm.encode_episodes(encoder, obs, actions, rewards, done, args, "cpu")
         kl = dm.vae_loss(encoder, decoder, prior_net, batch, args, "cpu")[1]["kl"]
+        start = (encoder.prior(2), dm.latent_prior(args))
+        chain = dm.kl_loss(means, logvars, done, *start)
         if args.conditioning:
-            assert not torch.allclose(kl, dm.kl_loss(means, logvars, done, standard))
+            torch.testing.assert_close(kl, dm.kl_loss(means, logvars, done, *start, prior_net(prev)))
+            assert not torch.allclose(kl, chain)
         else:
-            torch.testing.assert_close(kl, dm.kl_loss(means, logvars, done, standard))
+            torch.testing.assert_close(kl, chain)
+
+
+def test_with_all_three_components_off_the_objective_is_varibads_plus_the_termination_cross_entropy():
+    import varibad as vb
+
+    off = discrete_args(dm, latent_dim=3, consistency=False, conditioning=False, session_recon=False, decode_beliefs=4)
+    encoder, decoder, prior_net = networks(off)
+    vb_args = discrete_args(vb, latent_dim=3, decode_beliefs=4)
+    vb_encoder, vb_decoder = vb.Encoder(4, 5, vb_args), vb.Decoder(4, 5, vb_args)
+    missing = vb_encoder.load_state_dict(encoder.state_dict(), strict=False)
+    assert missing.missing_keys == [] and {k.split(".")[0] for k in missing.unexpected_keys} == {"termination"}
+    vb_decoder.load_state_dict(decoder.state_dict())
+    batch = random_batch()
+    torch.manual_seed(3)  # the same beliefs drawn for decoding in both
+    loss, terms = dm.vae_loss(encoder, decoder, prior_net, batch, off, "cpu")
+    torch.manual_seed(3)
+    vb_loss, vb_terms = vb.vae_loss(vb_encoder, vb_decoder, batch, vb_args, "cpu")
+    assert set(terms) == {"reconstruction", "kl", "termination"} and set(vb_terms) == {"reconstruction", "kl"}
+    for name in vb_terms:
+        torch.testing.assert_close(terms[name], vb_terms[name], msg=name)
+    torch.testing.assert_close(loss, vb_loss + off.termination_weight * terms["termination"])
+
+
+def test_session_encoder_leaves_the_previous_belief_as_the_only_memory_across_sessions():
+    obs, actions, rewards, _, done = hand_made_batch()
+    changed = obs.clone()
+    changed[0, 0] += 3.0  # episode 0's first step, in its first session (steps 0-2)
+    for conditioning in (False, True):
+        for session_encoder in (False, True):
+            args = discrete_args(dm, latent_dim=3, conditioning=conditioning, session_encoder=session_encoder)
+            encoder = networks(args)[0]
+            before = dm.encode_episodes(encoder, obs, actions, rewards, done, args, "cpu")[0]
+            after = dm.encode_episodes(encoder, changed, actions, rewards, done, args, "cpu")[0]
+            assert not torch.allclose(before[:3, 0], after[:3, 0])
+            later_unchanged = torch.allclose(before[3:, 0], after[3:, 0])
+            assert later_unchanged == (session_encoder and not conditioning), (conditioning, session_encoder)
+            torch.testing.assert_close(before[:, 1], after[:, 1])  # the other episode is untouched
 
 
 def test_oracle_sessions_leaves_the_training_loss_as_it_is():
-    """The VAE always trains on the true session ends; --oracle-sessions changes only session_end_signal."""
+    """The VAE always trains on the true session ends; --oracle-sessions changes only what the rollout is told."""
     on, off = discrete_args(dm, latent_dim=3, oracle_sessions=True), discrete_args(dm, latent_dim=3)
     nets = networks(on)
     loss_on, terms_on = dm.vae_loss(*nets, hand_made_batch(), on, "cpu")
@@ -245,14 +290,24 @@ def test_oracle_sessions_leaves_the_training_loss_as_it_is():
     assert_same_terms(terms_on, terms_off, terms_on)
 
 
-def test_session_end_signal_is_the_true_end_with_oracle_sessions_and_the_head_above_one_half_otherwise():
-    info = {"session_done": np.array([True, False, False, True, False])}
-    logits = torch.tensor([-3.0, 2.0, 0.0, 0.1, -0.1])  # sigmoid: 0.05, 0.88, 0.5, 0.52, 0.48
-    oracle = dm.session_end_signal(info, logits, discrete_args(dm, oracle_sessions=True), "cpu")
-    head = dm.session_end_signal(info, logits, discrete_args(dm), "cpu")
-    assert oracle.dtype == head.dtype == torch.bool
-    assert oracle.tolist() == [True, False, False, True, False]
-    assert head.tolist() == [False, True, False, True, False]
+def test_a_session_end_is_found_after_the_fact_by_the_head_or_given_by_the_true_ends():
+    args = discrete_args(dm, latent_dim=3)
+    encoder = networks(args)[0]
+    obs = torch.randn(3, 5, 4)
+    for logit_bias, given, expected in ((30.0, None, [True] * 5), (-30.0, None, [False] * 5),
+                                        (30.0, torch.tensor([1, 0, 0, 1, 0]), [True, False, False, True, False])):
+        with torch.no_grad():
+            encoder.termination[-1].weight.zero_()
+            encoder.termination[-1].bias.fill_(logit_bias)
+        state = dm.BeliefState(5, 5, args, "cpu")
+        mean, logvar, logit, ended = state.encode(encoder, obs[0], given)
+        assert not ended.any() and (logit > 0).all() == (logit_bias > 0)  # the first step follows no transition
+        state.observe(torch.zeros(5, 5), torch.zeros(5), mean, logvar)
+        last = torch.cat([mean, logvar], -1)
+        ended = state.encode(encoder, obs[1], given)[3]
+        assert ended.tolist() == expected
+        expected_belief = torch.where(torch.tensor(expected)[:, None], last, torch.zeros_like(last))
+        torch.testing.assert_close(state.prev_session_belief, expected_belief)  # the ended session's last belief
 
 
 def test_teacher_forcing_conditions_each_session_on_the_final_belief_of_the_one_before():
@@ -279,11 +334,12 @@ SCHEDULES = [{"schedule": "fixed"}, {"schedule": "bernoulli", "session_prob": 0.
              {"schedule": "poisson", "num_sessions": 6}]
 
 
+@pytest.mark.parametrize("session_encoder", [False, True])
 @pytest.mark.parametrize("env_kwargs", SCHEDULES)
-def test_rollout_beliefs_with_the_true_session_ends_are_the_teacher_forced_beliefs(env_kwargs):
+def test_rollout_beliefs_with_the_true_session_ends_are_the_teacher_forced_beliefs(env_kwargs, session_encoder):
     """The beliefs an agent carries through an episode, told the true session ends (--oracle-sessions), are those
     the VAE trains on: encode_episodes over the same episode with the same ends."""
-    args = discrete_args(dm, oracle_sessions=True)
+    args = discrete_args(dm, oracle_sessions=True, session_encoder=session_encoder)
     torch.manual_seed(0)
     encoder = dm.Encoder(6, 5, args)
     episode = greedy_episode(dm, encoder, args, env_kwargs)
@@ -304,8 +360,8 @@ def test_without_oracle_sessions_the_rollout_ends_sessions_where_the_termination
     torch.manual_seed(0)
     encoder = dm.Encoder(6, 5, args)
     with torch.no_grad():  # a head that fires at every step, or never, whatever the true ends
-        encoder.termination.weight.zero_()
-        encoder.termination.bias.fill_(30.0 if fires else -30.0)
+        encoder.termination[-1].weight.zero_()
+        encoder.termination[-1].bias.fill_(30.0 if fires else -30.0)
     episode = greedy_episode(dm, encoder, args, SCHEDULES[0])
     marked = torch.full_like(episode["session_done"], fires)
     means, logvars, _, _ = dm.encode_episodes(encoder, episode["obs"], episode["actions"], episode["rewards"], marked,
