@@ -38,6 +38,9 @@ METHODS = {
     "varibad": ("VariBAD", "varibad.py", []),
     "rl2": ("RL²", "rl2.py", []),
     "contrabar": ("ContraBAR", "contrabar.py", []),
+    # the learned bounds of a task: PPO told the true latent, and PPO on (s, t/H) with no memory
+    "oracle": ("oracle (PPO told the latent)", "ppo.py", ["--observe-latent"]),
+    "no-inference": ("no inference (PPO on s, t/H)", "ppo.py", []),
     # the structured latent (README): the paper's Gau(5), Dir(2, 4) and Dir(2, 4) + Gau(2)
     "dynamite-gau5": ("DynaMITE-RL, Gau(5)", "dynamite_rl.py", ["--latent-dim", "5"]),
     "dynamite-dir": ("DynaMITE-RL, Dir(2, 4)", "dynamite_rl.py", ["--latent", "dirichlet"]),
@@ -147,6 +150,12 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
     else:
         lines = ["| method | seeds | final return | per session | train time per seed | env steps/s |",
                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    bounds = {name: np.mean([r["evaluations"][-1]["return"] for r in results.get(name, [])] or [np.nan])
+              for name in ("oracle", "no-inference")}
+    between = bool(np.isfinite(list(bounds.values())).all() and bounds["oracle"] != bounds["no-inference"])
+    if between:  # where each method sits between the task's two learned bounds
+        lines[0] += " between the bounds |"
+        lines[1] += " ---: |"
     per_seed = ["| method | " + " | ".join(f"seed {s}" for s in args.seeds) + " |",
                 "| --- |" + " ---: |" * len(args.seeds)]
     for method, runs in results.items():
@@ -170,8 +179,12 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
             row += f"{to_target} |"
         else:
             row += f"{sessions} | {times.mean() / 60:.1f} min | {sps.mean():,.0f} |"
+        if between:
+            row += f" {(returns.mean() - bounds['no-inference']) / (bounds['oracle'] - bounds['no-inference']):.0%} |"
         lines.append(row)
-    note = ("returns are greedy, over each run's final evaluation episodes; ± is the std over seeds; per session: the "
+    note = (("between the bounds: (return − no inference) / (oracle − no inference), 0% at the no-inference bound and "
+             "100% at the oracle's; " if between else "")
+            + "returns are greedy, over each run's final evaluation episodes; ± is the std over seeds; per session: the "
             f"mean over seeds of each session's return; train time and env steps/s with {args.workers} runs sharing "
             "the machine.")
     if gridworld:

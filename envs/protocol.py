@@ -31,26 +31,67 @@ def parse_env_settings(env_id: str, env_kwargs: str, flag: str = "--env-kwargs")
 
 def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict) -> gym.vector.VectorEnv:
     """Lock-step environments without autoreset: every iteration resets them and plays whole episodes. A setting
-    the environment rejects is a ValueError naming it."""
+    the environment rejects is a ValueError naming it. ``"observe_latent": true`` among the settings appends the
+    true latent of the current session to every observation (:class:`LatentInObservation`, for oracles)."""
+    env_kwargs = dict(env_kwargs)
+    observe_latent = bool(env_kwargs.pop("observe_latent", False))
     try:
         if gym.spec(env_id).vector_entry_point is not None:
-            return gym.make_vec(env_id, num_envs=num_envs, autoreset_mode="Disabled", **env_kwargs)
-        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
-                            vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.DISABLED}, **env_kwargs)
+            envs = gym.make_vec(env_id, num_envs=num_envs, autoreset_mode="Disabled", **env_kwargs)
+        else:
+            envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
+                                vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.DISABLED}, **env_kwargs)
     except (TypeError, ValueError) as error:
         raise ValueError(f"cannot make {env_id} with --env-kwargs {json.dumps(env_kwargs)}: {error}") from None
+    return LatentInObservation(envs) if observe_latent else envs
+
+
+def current_latents(vector_env) -> np.ndarray:
+    """(num_envs, latent size): the latent of each environment's current session, as floats (the Gridworld's: the
+    index of the paying goal), which the next reward depends on."""
+    base = vector_env.unwrapped
+    latents = base.latents if hasattr(base, "latents") else base.get_attr("latent")
+    return np.asarray(latents, dtype=np.float32).reshape(base.num_envs, -1)
+
+
+class LatentInObservation(gym.vector.VectorWrapper):
+    """The true latent of each environment's current session appended to its observation: what an oracle sees."""
+
+    def __init__(self, env: gym.vector.VectorEnv):
+        super().__init__(env)
+        env.reset(seed=0)
+        size = current_latents(env).shape[1]
+        space = env.single_observation_space
+        low = np.concatenate([space.low, np.full(size, -np.inf)]).astype(space.dtype)
+        high = np.concatenate([space.high, np.full(size, np.inf)]).astype(space.dtype)
+        self.single_observation_space = gym.spaces.Box(low, high, dtype=space.dtype)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, env.num_envs)
+
+    def _with_latent(self, obs):
+        obs = np.asarray(obs)
+        return np.concatenate([obs, current_latents(self.env).astype(obs.dtype)], -1)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        return self._with_latent(obs), info
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        return self._with_latent(obs), reward, terminated, truncated, info
 
 
 def horizon(env) -> int:
     """The episode length H of an environment, or of a batch of them (the same in all)."""
-    unwrapped = env.envs[0].unwrapped if hasattr(env, "envs") else env.unwrapped
-    return unwrapped.config.horizon if hasattr(unwrapped, "config") else unwrapped.horizon
+    base = env.unwrapped
+    base = base.envs[0].unwrapped if hasattr(base, "envs") else base
+    return base.config.horizon if hasattr(base, "config") else base.horizon
 
 
 def _generators(vector_env) -> list:
-    if hasattr(vector_env.unwrapped, "_rngs"):  # the batched Gridworld
-        return vector_env.unwrapped._rngs
-    return [env.unwrapped.np_random for env in vector_env.envs]
+    base = vector_env.unwrapped
+    if hasattr(base, "_rngs"):  # the batched Gridworld
+        return base._rngs
+    return [env.unwrapped.np_random for env in base.envs]
 
 
 def generator_states(vector_env) -> list[dict]:
@@ -73,6 +114,7 @@ def latent_changes_dynamics(env_id: str) -> bool:
 def bayes_optimal_return(env_id: str, env_kwargs: dict) -> float | None:
     """The exact Bayes-optimal return where the library has it (Gridworld with a fixed schedule), else None; a
     reference that would not fit in memory is skipped with a line saying why, not waited for."""
+    env_kwargs = {k: v for k, v in env_kwargs.items() if k != "observe_latent"}  # the task is the same
     if env_id != "dynamite/Gridworld-v0" or env_kwargs.get("schedule", "fixed") != "fixed":
         return None
     from envs.gridworld_reference import cached_solution
@@ -141,11 +183,15 @@ def record_video(env_id: str, env_kwargs: dict, make_policy, folder: str, seed: 
     """One greedy episode, rendered to an mp4 in ``folder`` (the rendering shows the latent: the paying goal, the
     Reacher's target)."""
     os.environ.setdefault("MUJOCO_GL", "egl")  # MuJoCo renders headless
+    env_kwargs = dict(env_kwargs)
+    observe_latent = env_kwargs.pop("observe_latent", False)
     env = gym.wrappers.RecordVideo(gym.make(env_id, render_mode="rgb_array", **env_kwargs), folder,
                                    episode_trigger=lambda episode: True, name_prefix="eval")
+    seen = lambda obs: np.concatenate([obs, np.atleast_1d(np.float32(env.unwrapped.latent)).ravel()]) \
+        if observe_latent else obs  # noqa: E731  (as LatentInObservation shows it)
     policy = make_policy(1)
     obs, _ = env.reset(seed=seed)
     for t in range(horizon(env)):
-        obs, reward, _, _, info = env.step(policy.act(obs[None], t)[0])
+        obs, reward, _, _, info = env.step(policy.act(seen(obs)[None], t)[0])
         policy.observe(np.array([reward]), {key: np.array([value]) for key, value in info.items()})
     env.close()

@@ -23,7 +23,7 @@ _TINY = ["--num-envs", "8", "--num-minibatches", "2", "--total-timesteps", "960"
          "--log-every", "1"]
 ENCODER_STEPS = {script: ["--encoder-updates", "2", "--encoder-batch-episodes", "8"]
                  for script in ("dynamite_rl.py", "varibad.py", "contrabar.py")}
-TINY = {script: _TINY + ENCODER_STEPS.get(script, []) for script in SCRIPTS}
+TINY = {script: _TINY + ENCODER_STEPS.get(script, []) for script in [*SCRIPTS, "ppo.py"]}  # ppo.py: the bounds
 # the flag that ends each script's first phase: the encoder's, or RL^2's small batches
 PHASE_FLAG = {**{script: "--encoder-train-steps" for script in ("dynamite_rl.py", "varibad.py", "contrabar.py")},
               "rl2.py": "--small-batch-steps"}

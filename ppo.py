@@ -1,0 +1,625 @@
+# PPO without memory: the lower and upper references of a DLCMDP. The policy sees (s, t/H), the same PPO as the other
+# scripts of the library and nothing of the history: what a task pays without any inference ("no inference"). With
+# --observe-latent it also sees the true latent of the current session (info["latent"]): an oracle that needs no
+# inference, the upper reference the methods that infer the latent are read against.
+# Run `python ppo.py --help` for every flag.
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.optim as optim
+import tyro
+from torch.distributions.categorical import Categorical
+from torch.distributions.normal import Normal
+from torch.utils.tensorboard import SummaryWriter
+
+import envs.protocol  # registers the dynamite/ environments with gymnasium; the evaluation protocol
+
+
+@dataclass
+class Args:
+    # Experiment
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # the name of this experiment
+    seed: int = 1  # seed of the experiment
+    torch_deterministic: bool = True  # if toggled, `torch.backends.cudnn.deterministic=True`
+    cuda: bool = True  # if toggled, cuda is used when it is available
+    num_threads: int = 1  # torch CPU threads (one per run lets two seeds share a 2-core machine)
+    track: bool = False  # if toggled, the run is tracked with Weights and Biases (WANDB_MODE=offline works)
+    wandb_project_name: str = "dynamite-rl"  # the wandb project; every algorithm of this library logs to the same one
+    wandb_entity: str | None = None  # the entity (team) of the wandb project
+    wandb_group: str | None = None  # the wandb group, e.g. one per comparison
+    capture_video: bool = False  # if toggled, records a video of one evaluation episode into the run folder
+    save_model: bool = False  # write a checkpoint at every evaluation, at the end and on Ctrl-C
+    resume: str | None = None  # path of a checkpoint to continue from (its run folder is reused)
+    run_dir: str | None = None  # folder of the run (default: runs/<env>__<exp_name>__<seed>__<time>)
+    eval_every: int = 25  # evaluate every this many iterations (and at the end); 0 evaluates only at the end
+    eval_episodes: int | None = None  # episodes per evaluation (default: 2000 discrete, 25 continuous)
+    log_every: int = 10  # print a progress line every this many iterations
+
+    # Environment
+    env_id: str = "dynamite/Gridworld-v0"  # the id of the environment
+    env_kwargs: str = "{}"  # constructor arguments of the environment as JSON, e.g. '{"size": 7, "num_goals": 3}'
+    eval_env_kwargs: str = "{}"  # what evaluation changes of them, e.g. '{"task_set": "test"}'
+    total_timesteps: int = 6_000_000  # total environment steps of the experiment
+    num_envs: int = 64  # number of environments stepped in lock-step; each iteration collects one whole episode of each
+    small_batch_steps: int | None = None  # steps with --num-envs, then --policy-num-envs (default 4 M discrete, 0 cont)
+    policy_num_envs: int = 256  # environments per iteration after --small-batch-steps
+
+    # Algorithm: PPO on (s, [t/H], [the true latent])
+    learning_rate: float = 1e-3  # learning rate of the policy and critic optimizer
+    anneal_lr: bool = True  # anneal the policy learning rate linearly to 10% of its value
+    gamma: float = 0.99  # the discount factor
+    gae_lambda: float = 0.95  # the lambda of generalized advantage estimation
+    num_minibatches: int = 4  # the number of PPO minibatches (the batch is split by environment)
+    update_epochs: int = 4  # the number of PPO epochs per iteration
+    norm_adv: bool = True  # normalize advantages per minibatch
+    clip_coef: float = 0.2  # the PPO clipping coefficient
+    clip_vloss: bool = False  # clip the value loss as the PPO paper's implementation does
+    ent_coef: float | None = None  # entropy bonus, annealed to 0 (default: 0.01 discrete, 0.05 continuous)
+    vf_coef: float = 0.5  # value loss coefficient
+    max_grad_norm: float = 0.5  # the maximum gradient norm, applied to the actor and the critic separately
+    policy_hidden: int = 128  # width of the two hidden layers of the actor and of the critic
+    norm_reward: bool | None = None  # scale PPO's rewards by the return's running std (default: continuous only)
+    time_feature: bool = True  # give the actor and critic the elapsed fraction t/H of the episode
+
+    # Algorithm: the references
+    observe_latent: bool = False  # the oracle: the policy also sees the true latent of the current session
+
+
+class ObservationScaling(nn.Module):
+    """obs * scale + shift: the finite bounds of the observation space map to [-1, 1]; unbounded dimensions are
+    standardised by statistics fitted once, on uniformly random-action episodes before training, and fixed from
+    then on, so that the encoder, its buffer and the policy always see one scale (checkpoints carry it)."""
+
+    def __init__(self, space: gym.spaces.Box):
+        super().__init__()
+        low, high = space.low.astype(np.float64).ravel(), space.high.astype(np.float64).ravel()
+        finite = np.isfinite(low) & np.isfinite(high) & (high > low)
+        low, high = np.where(finite, low, -1.0), np.where(finite, high, 1.0)  # unbounded dims: identity for now
+        self.register_buffer("scale", torch.as_tensor(2.0 / (high - low), dtype=torch.float32))
+        self.register_buffer("shift", torch.as_tensor(-(high + low) / (high - low), dtype=torch.float32))
+        self.register_buffer("unbounded", torch.as_tensor(~finite))
+
+    def fit(self, observations) -> None:
+        """Standardise the unbounded dimensions by the mean and std of ``observations`` (..., obs_dim)."""
+        flat = observations.reshape(-1, observations.shape[-1])
+        mean, std = flat.mean(0), flat.std(0).clamp(min=1e-3)
+        self.scale.copy_(torch.where(self.unbounded, 1.0 / std, self.scale))
+        self.shift.copy_(torch.where(self.unbounded, -mean / std, self.shift))
+
+    def forward(self, obs):
+        return torch.as_tensor(obs, dtype=torch.float32, device=self.scale.device) * self.scale + self.shift
+
+
+def action_features(action, action_space):
+    """What the networks read of an action: one-hot for Discrete actions, the vector itself for Box ones."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        return F.one_hot(action.long(), int(action_space.n)).float()
+    return action.float()
+
+
+def action_size(action_space) -> int:
+    return int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else int(np.prod(action_space.shape))
+
+
+def env_action(action, action_space) -> np.ndarray:
+    """The action as the environment takes it; Gaussian samples are clipped to the action bounds."""
+    action = action.cpu().numpy()
+    if isinstance(action_space, gym.spaces.Box):
+        action = np.clip(action, action_space.low, action_space.high)
+    return action
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, out_std: float = np.sqrt(2)) -> nn.Sequential:
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden)), nn.ReLU(),
+        layer_init(nn.Linear(hidden, hidden)), nn.ReLU(),
+        layer_init(nn.Linear(hidden, out_dim), std=out_std),
+    )
+
+
+# ALGO LOGIC: networks
+class RunningMeanStd(nn.Module):
+    """Running mean and variance of a stream of batches (kept as buffers, so checkpoints carry them)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("count", torch.tensor(1e-4))
+
+    def update(self, x):
+        x = x.reshape(-1, x.shape[-1])
+        batch_mean, batch_var, batch_count = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        delta, total = batch_mean - self.mean, self.count + batch_count
+        merged = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.var.copy_(merged / total)
+        self.mean.add_(delta * batch_count / total)
+        self.count.copy_(total)
+
+    def normalize(self, x):
+        return ((x - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-10.0, 10.0)
+
+
+class Agent(nn.Module):
+    """Actor and critic on (s, [t/H]); s carries the true latent with --observe-latent."""
+
+    def __init__(self, obs_dim: int, action_space, args: Args):
+        super().__init__()
+        in_dim = obs_dim + int(args.time_feature)
+        self.critic = mlp(in_dim, args.policy_hidden, 1, out_std=1.0)
+        self.actor = mlp(in_dim, args.policy_hidden, action_size(action_space), out_std=0.01)
+        self.continuous = isinstance(action_space, gym.spaces.Box)
+        if self.continuous:
+            self.actor_logstd = nn.Parameter(torch.zeros(action_size(action_space)))
+        if args.norm_reward:
+            self.return_rms = RunningMeanStd(1)
+
+    def get_value(self, x):
+        return self.critic(x).squeeze(-1)
+
+    def get_action_and_value(self, x, action=None, deterministic=False):
+        """Categorical over Discrete actions, a diagonal Gaussian (state-independent std) over Box ones."""
+        if self.continuous:
+            mean = self.actor(x)
+            probs = Normal(mean, self.actor_logstd.expand_as(mean).exp())
+            if action is None:
+                action = mean if deterministic else probs.sample()
+            return action, probs.log_prob(action).sum(-1), probs.entropy().sum(-1), self.get_value(x)
+        logits = self.actor(x)
+        probs = Categorical(logits=logits)
+        if action is None:
+            action = logits.argmax(-1) if deterministic else probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), self.get_value(x)
+
+
+def policy_input(obs, step: int, horizon: int, args: Args):
+    """(s, [t/H]): what the actor and critic see."""
+    parts = [obs]
+    if args.time_feature:
+        parts.append(torch.full_like(obs[:, :1], step / horizon))
+    return torch.cat(parts, -1)
+
+
+def compute_gae(rewards, values, next_values, episode_ends, gamma: float, gae_lambda: float):
+    """Advantages and returns, (H, B). ``next_values[t]`` bootstraps step t (0 after a termination, V(final
+    obs) after a truncation that is not the task's end); ``episode_ends[t]`` stops the recursion after t."""
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        delta = rewards[t] + gamma * next_values[t] - values[t]
+        last = delta + gamma * gae_lambda * (1 - episode_ends[t].float()) * last
+        advantages[t] = last
+    return advantages, advantages + values
+
+
+def scale_rewards(agent, rewards, gamma: float):
+    """Rewards (H, B) divided by the running std of the discounted return, the scale PPO learns best on; the
+    statistics (in the agent, so checkpoints carry them) are updated with this batch's returns first."""
+    discounted, running = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
+    for t in range(rewards.shape[0]):
+        running = running * gamma + rewards[t]
+        discounted[t] = running
+    agent.return_rms.update(discounted[..., None])
+    return rewards / torch.sqrt(agent.return_rms.var + 1e-8)
+
+
+class GreedyPolicy:
+    """The policy of the evaluation protocol (envs.protocol): greedy actions on what it sees now."""
+
+    def __init__(self, num_envs: int, agent, obs_scaling, space, horizon: int, args: Args, device):
+        self.agent, self.obs_scaling, self.space, self.horizon, self.args = agent, obs_scaling, space, horizon, args
+
+    @torch.no_grad()
+    def act(self, obs, t: int) -> np.ndarray:
+        inputs = policy_input(self.obs_scaling(obs), t, self.horizon, self.args)
+        return env_action(self.agent.get_action_and_value(inputs, deterministic=True)[0], self.space)
+
+    def observe(self, reward, info) -> None:
+        pass  # nothing is remembered
+
+
+# TRY NOT TO MODIFY: settings, checks and checkpoints, the same in every script of the library
+# the paper's Table 2 values where continuous control differs from the Gridworld, and the encoder's schedule (README)
+FAMILY_DEFAULTS = {
+    "discrete": {"eval_episodes": 2000, "ent_coef": 0.01, "latent_dim": 5, "embed_dim": 16, "norm_reward": False,
+                 "encoder_updates": 8, "encoder_train_steps": 4_000_000, "small_batch_steps": 4_000_000},
+    "continuous": {"eval_episodes": 25, "ent_coef": 0.05, "latent_dim": 16, "embed_dim": 32, "norm_reward": True,
+                   "encoder_updates": 2, "encoder_train_steps": 0, "small_batch_steps": 0},
+}
+ENV_DEFAULTS = {"dynamite/ScratchItch-v0": {"ent_coef": 0.01}}  # where one environment differs again (README)
+# the range of every numeric setting (a script skips those it lacks); other integers are counts >= 1, floats >= 0
+RANGES = {"seed": (lambda v: True, "an integer"), "gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
+          "gae_lambda": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+          "dirichlet_classes": (lambda v: v >= 2, "an integer >= 2"),
+          **{name: (lambda v: v > 0, "> 0") for name in ("learning_rate", "encoder_learning_rate", "clip_coef", "max_grad_norm",
+                                                         "dirichlet_alpha")},
+          **{name: (lambda v: v >= 0, "an integer >= 0") for name in ("eval_every", "encoder_updates", "encoder_train_steps",
+                                                                         "small_batch_steps")}}
+SCRIPT, CHECKPOINT_FORMAT = os.path.basename(__file__), 1
+# what --resume may change; every other setting is the checkpoint's, so that a resumed run continues the run it names
+RESUMABLE = ("total_timesteps", "eval_every", "log_every", "num_threads", "cuda", "track", "wandb_project_name",
+             "wandb_entity", "wandb_group", "capture_video")
+
+
+def fill_family_defaults(args: Args, envs_) -> None:
+    """Settings left unset take their environment family's value (discrete or continuous actions); the state
+    decoder is on where the environment says that its dynamics change with the latent."""
+    family = "discrete" if isinstance(envs_.single_action_space, gym.spaces.Discrete) else "continuous"
+    for name, value in {**FAMILY_DEFAULTS[family], **ENV_DEFAULTS.get(args.env_id, {})}.items():
+        if getattr(args, name, False) is None:  # (a setting this algorithm does not have is skipped)
+            setattr(args, name, value)
+    if getattr(args, "state_decoder", False) is None:
+        args.state_decoder = envs.protocol.latent_changes_dynamics(args.env_id)
+
+
+def check_args(args: Args) -> tuple[dict, dict]:
+    """Fail before anything is written, with one line naming the flag, its value and what is allowed."""
+    for field in dataclasses.fields(args):
+        value = getattr(args, field.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        ok, allowed = RANGES.get(field.name, (lambda v: v >= 1, "an integer >= 1") if isinstance(value, int)
+                                 else (lambda v: v >= 0, ">= 0"))
+        if not (math.isfinite(value) and ok(value)):
+            raise SystemExit(f"error: --{field.name.replace('_', '-')} {value} is out of range: it must be {allowed}")
+    for name in ("num_envs", "policy_num_envs"):
+        if getattr(args, name, 0) % args.num_minibatches != 0:
+            raise SystemExit(f"error: --{name.replace('_', '-')} {getattr(args, name)} must be divisible by "
+                             f"--num-minibatches {args.num_minibatches} (minibatches are split by environment)")
+    try:  # the environment's settings for training and for evaluation
+        env_kwargs = envs.protocol.parse_env_settings(args.env_id, args.env_kwargs)
+        return env_kwargs, {**env_kwargs, **envs.protocol.parse_env_settings(args.env_id, args.eval_env_kwargs,
+                                                                             "--eval-env-kwargs")}
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def check_finite(iteration: int, **values) -> None:
+    """Stop the run where a loss, gradient norm, reward or observation is NaN or infinite, before anything is saved."""
+    for name, value in values.items():
+        if not bool(torch.isfinite(torch.as_tensor(value)).all()):
+            raise SystemExit(f"error: the {name.replace('_', ' ')} is not finite at iteration {iteration}: the run stops "
+                             "here (its last checkpoint, if any, is from before)")
+
+
+def save_checkpoint(path: str, modules: dict, optimizers: dict, args: Args, envs_, progress: dict) -> None:
+    """Everything needed to continue the run exactly, as tensors and plain data, written atomically (a kill leaves
+    the previous checkpoint or this one). ``progress``: step, iteration, evaluations, the encoder's buffer."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+    torch.save({"header": {"script": SCRIPT, "format": CHECKPOINT_FORMAT, "env_id": args.env_id}, "args": asdict(args),
+                "modules": {name: module.state_dict() for name, module in modules.items()},
+                "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
+                "rng": {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                        "envs": envs.protocol.generator_states(envs_)}, **progress}, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+def load_checkpoint(path: str, device, script: str | None = SCRIPT) -> dict:
+    """The checkpoint at ``path``, loaded as data (weights_only: a file that would run code is refused), written by
+    ``script`` (None: by any script of the library); one line on what is wrong otherwise."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise SystemExit(f"error: checkpoint {path!r}: " + ("the file is empty" if os.path.isfile(path) else "no such checkpoint file"))
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # a truncated or foreign file, or one that refers to classes or functions
+        raise SystemExit(f"error: checkpoint {path!r} " + (
+            "holds objects other than tensors and plain data (written by an older version, or a file that would run "
+            "code when loaded): it is not loaded" if "GLOBAL" in str(error) else "is truncated or not a checkpoint "
+            f"({type(error).__name__})")) from None
+    header = checkpoint.get("header") if isinstance(checkpoint, dict) else None
+    if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
+        raise SystemExit(f"error: checkpoint {path!r} is not of this library's checkpoint format {CHECKPOINT_FORMAT}")
+    if script is not None and header["script"] != script:
+        raise SystemExit(f"error: checkpoint {path!r} is one of {header['script']} on {header['env_id']}, not of "
+                         f"{script}: resume it with `python {header['script']} --resume {path}`")
+    return checkpoint
+
+
+def resume_args(args: Args, checkpoint: dict) -> Args:
+    """``args`` parsed with the checkpoint's settings as defaults: only those in RESUMABLE may differ (printed)."""
+    saved = checkpoint["args"]
+    changed = {name: value for name, value in asdict(args).items() if name != "resume" and value != saved[name]}
+    if "env_id" in changed:
+        raise SystemExit(f"error: --resume {args.resume!r} is a run on {saved['env_id']}, not on --env-id {args.env_id}")
+    for name in sorted(set(changed) - set(RESUMABLE)):
+        raise SystemExit(f"error: --{name.replace('_', '-')} cannot change on --resume: the run continues with the "
+                         f"settings it started with; only {', '.join('--' + n.replace('_', '-') for n in RESUMABLE)} may")
+    for name, value in changed.items():
+        print(f"resume: --{name.replace('_', '-')} {value} (the run started with {saved[name]})")
+    return args
+
+
+def restore(checkpoint: dict, modules: dict, optimizers: dict, envs_, path: str) -> None:
+    """The run's modules, optimizers and random generators from the checkpoint; a part missing or of another
+    shape is an error, not a silently random network."""
+    for kind, parts in (("modules", modules), ("optimizers", optimizers)):
+        for name, part in parts.items():
+            if name not in checkpoint[kind]:
+                raise SystemExit(f"error: checkpoint {path!r} has no {name!r} {kind[:-1]}")
+            try:
+                part.load_state_dict(checkpoint[kind][name])
+            except (RuntimeError, ValueError, KeyError) as error:
+                raise SystemExit(f"error: checkpoint {path!r}: its {name!r} does not fit this run "
+                                 f"({str(error).splitlines()[0]})") from None
+    rng = checkpoint["rng"]
+    torch.set_rng_state(rng["torch"].cpu())
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])
+    envs_.reset(seed=0)  # creates the generators, whose states are then restored
+    envs.protocol.set_generator_states(envs_, rng["envs"])
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    resume = load_checkpoint(args.resume, device) if args.resume else None
+    if resume is not None:  # the checkpoint's settings, of which the command line may change only RESUMABLE ones
+        args = resume_args(tyro.cli(Args, default=Args(**resume["args"])), resume)
+    env_kwargs, eval_env_kwargs = check_args(args)
+    if args.observe_latent:  # the oracle: envs.protocol appends the true latent to every observation
+        env_kwargs, eval_env_kwargs = {**env_kwargs, "observe_latent": True}, {**eval_env_kwargs, "observe_latent": True}
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.num_threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # env setup
+    try:
+        envs_ = envs.protocol.make_vector_env(args.env_id, args.num_envs, env_kwargs)
+        envs.protocol.make_vector_env(args.env_id, 1, eval_env_kwargs).close()  # checked before training, not after
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    action_space = envs_.single_action_space
+    if not isinstance(action_space, (gym.spaces.Discrete, gym.spaces.Box)):
+        raise SystemExit(f"error: {args.env_id} has {action_space}; {SCRIPT} handles Discrete and Box actions")
+    fill_family_defaults(args, envs_)
+    obs_dim, action_dim, horizon = int(np.prod(envs_.single_observation_space.shape)), action_size(action_space), \
+        envs.protocol.horizon(envs_)
+    batch_size, policy_batch_size = args.num_envs * horizon, args.policy_num_envs * horizon
+    if 0 < args.small_batch_steps < args.total_timesteps:  # small batches, then large ones
+        small_iterations = max(1, args.small_batch_steps // batch_size)
+        num_iterations = small_iterations + max(1, (args.total_timesteps - small_iterations * batch_size) // policy_batch_size)
+    else:
+        small_iterations = num_iterations = max(1, args.total_timesteps // batch_size)
+    total_steps = small_iterations * batch_size + (num_iterations - small_iterations) * policy_batch_size
+    if resume is not None and resume["iteration"] >= num_iterations:
+        raise SystemExit(f"error: --resume {args.resume!r}: the run has finished its {num_iterations} iterations; "
+                         "a larger --total-timesteps extends it")
+    if resume is not None and resume["iteration"] > small_iterations:  # resumed with the large batches
+        envs_.close()
+        envs_ = envs.protocol.make_vector_env(args.env_id, args.policy_num_envs, env_kwargs)
+    bayes_return = envs.protocol.bayes_optimal_return(args.env_id, eval_env_kwargs)
+
+    agent = Agent(obs_dim, action_space, args).to(device)
+    obs_scaling = ObservationScaling(envs_.single_observation_space).to(device)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+    modules = {"agent": agent, "obs_scaling": obs_scaling}
+    optimizers = {"policy": optimizer}
+    global_step, start_iteration, evaluations = 0, 1, []
+    if resume is not None:  # everything is loaded and checked before the run folder is touched
+        restore(resume, modules, optimizers, envs_, args.resume)
+        global_step, start_iteration, evaluations = resume["global_step"], resume["iteration"] + 1, resume["evaluations"]
+    else:
+        envs_.reset(seed=args.seed)
+        if obs_scaling.unbounded.any():  # standardised by random-action episodes
+            obs_scaling.fit(torch.as_tensor(np.stack([step[0] for step in envs.protocol.random_episode(envs_, horizon)]),
+                                            dtype=torch.float32, device=device))
+
+    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else args.run_dir or os.path.join("runs", run_name)
+    run_name, checkpoint_path, eval_path = (os.path.basename(run_dir), os.path.join(run_dir, "checkpoint.pt"),
+                                            os.path.join(run_dir, "eval.json"))
+    os.makedirs(run_dir, exist_ok=True)
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, group=args.wandb_group,
+                   sync_tensorboard=True, config=vars(args), name=run_name, dir=run_dir, save_code=True)
+    # on resume, TensorBoard hides what a killed run logged after its checkpoint, which the resumed run logs again
+    writer = SummaryWriter(run_dir, purge_step=global_step + 1 if resume is not None else None)
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    if resume is not None:
+        print(f"resumed {run_dir} at iteration {start_iteration}, step {global_step}")
+
+    def save(iteration: int) -> None:
+        progress = {"global_step": global_step, "iteration": iteration, "evaluations": evaluations}
+        writer.flush()  # what was logged up to the checkpoint survives a kill
+        save_checkpoint(checkpoint_path, modules, optimizers, args, envs_, progress)
+
+    def write_eval(iteration: int, final: bool = False) -> None:
+        tick = time.time()
+        result = envs.protocol.evaluate(
+            args.env_id, eval_env_kwargs, lambda n: GreedyPolicy(n, agent, obs_scaling, action_space, horizon, args, device),
+            args.eval_episodes, consecutive=5 if final else 1, seed=args.seed + 1_000_000,
+            episode_returns=final)
+        timing["eval"] += time.time() - tick
+        result.update(iteration=iteration, global_step=global_step,
+                      train_time=train_time_before + sum(v for k, v in timing.items() if k != "eval"),
+                      wall_time=wall_time_before + time.time() - start_time)
+        if bayes_return:  # (a reference of 0, e.g. with every reward 0, has no fraction)
+            result["fraction_of_bayes_optimal"] = result["return"] / bayes_return
+        evaluations.append(result)
+        writer.add_scalar("eval/return", result["return"], global_step)
+        for s, value in enumerate(result["return_per_session"]):
+            writer.add_scalar(f"eval/return_per_session/{s}", value, global_step)
+        for e, value in enumerate(result["consecutive_episode_returns"]):
+            writer.add_scalar(f"eval/consecutive_episode_return/{e}", value, global_step)
+        with open(f"{eval_path}.tmp", "w") as f:
+            json.dump({"args": vars(args), "bayes_optimal_return": bayes_return, "finished": final,
+                       "time": {k: round(v, 2) for k, v in timing.items()}, "evaluations": evaluations}, f, indent=1)
+        os.replace(f"{eval_path}.tmp", eval_path)
+        sessions = " ".join(f"{v:.2f}" for v in result["return_per_session"])
+        print(f"eval  iter {iteration}: return {result['return']:.2f} ± {result['return_std']:.2f}"
+              + (f" ({result['return'] / bayes_return:.1%} of Bayes-optimal)" if bayes_return else "")
+              + f" | per session {sessions}"
+              + (f" | 5 episodes {' '.join(f'{v:.1f}' for v in result['consecutive_episode_returns'])}" if final else ""))
+
+    # TRY NOT TO MODIFY: a first Ctrl-C finishes the iteration, saves a checkpoint and stops; a second aborts
+    stop_requested = []
+
+    def request_stop(signum, frame):
+        if stop_requested:
+            raise KeyboardInterrupt
+        stop_requested.append(signum)
+        print("\nstopping after this iteration" + (" and saving a checkpoint" if args.save_model else
+              " (no checkpoint: run with --save-model to keep it)") + "; Ctrl-C again aborts", flush=True)
+
+    signal.signal(signal.SIGINT, request_stop)
+    start_time = time.time()
+    train_time_before = evaluations[-1]["train_time"] if evaluations else 0.0
+    wall_time_before = evaluations[-1]["wall_time"] if evaluations else 0.0
+    start_step = global_step
+    timing = {"rollout": 0.0, "ppo": 0.0, "eval": 0.0}
+    for iteration in range(start_iteration, num_iterations + 1):
+        if iteration == small_iterations + 1:
+            # ALGO LOGIC: the same policy continues with larger PPO batches, as the other scripts' policy phase
+            envs_.close()
+            envs_ = envs.protocol.make_vector_env(args.env_id, args.policy_num_envs, env_kwargs)
+            envs_.reset(seed=args.seed + 1)
+            print(f"large batches from step {global_step:,}: {args.policy_num_envs} environments per iteration", flush=True)
+        # ALGO LOGIC: storage for one iteration of whole episodes, (H, num_envs, ...)
+        if iteration == start_iteration or iteration == small_iterations + 1:
+            obs = torch.zeros((horizon, envs_.num_envs, obs_dim), device=device)
+            actions = torch.zeros((horizon, envs_.num_envs, *action_space.shape), device=device,
+                                  dtype=torch.long if isinstance(action_space, gym.spaces.Discrete) else torch.float32)
+            logprobs = torch.zeros((horizon, envs_.num_envs), device=device)
+            rewards = torch.zeros((horizon, envs_.num_envs), device=device)
+            values = torch.zeros((horizon, envs_.num_envs), device=device)
+            session_done = torch.zeros((horizon, envs_.num_envs), dtype=torch.bool, device=device)
+            policy_inputs = torch.zeros((horizon, envs_.num_envs, obs_dim + int(args.time_feature)), device=device)
+        progress = global_step / total_steps  # one schedule over both batch sizes: the policy is not restarted
+        if args.anneal_lr:
+            optimizer.param_groups[0]["lr"] = args.learning_rate * (1.0 - 0.9 * progress)
+        ent_coef = args.ent_coef * (1.0 - progress)
+
+        # ALGO LOGIC: rollout of one whole episode in every environment
+        tick = time.time()
+        next_obs, _ = envs_.reset()
+        with torch.no_grad():
+            for t in range(horizon):
+                obs[t] = obs_scaling(next_obs)
+                policy_inputs[t] = policy_input(obs[t], t, horizon, args)
+                action, logprob, _, value = agent.get_action_and_value(policy_inputs[t])
+                actions[t], logprobs[t], values[t] = action, logprob, value
+                next_obs, reward, _, _, info = envs_.step(env_action(action, action_space))
+                rewards[t] = torch.as_tensor(reward, dtype=torch.float32, device=device)
+                session_done[t] = torch.as_tensor(info["session_done"], device=device)
+                check_finite(iteration, reward=rewards[t], observation=obs_scaling(next_obs))
+        global_step += envs_.num_envs * horizon
+        episode_returns = rewards.sum(0)
+        writer.add_scalar("charts/episodic_return", episode_returns.mean().item(), global_step)
+        writer.add_scalar("charts/episodic_length", horizon, global_step)
+        timing["rollout"] += time.time() - tick
+
+        # ALGO LOGIC: PPO on the stored inputs; the horizon is the task's end, so no bootstrap
+        tick = time.time()
+        with torch.no_grad():
+            next_values = torch.cat([values[1:], torch.zeros_like(values[:1])])
+            episode_ends = torch.zeros_like(session_done)
+            episode_ends[-1] = True
+            ppo_rewards = scale_rewards(agent, rewards, args.gamma) if args.norm_reward else rewards
+            advantages, returns = compute_gae(ppo_rewards, values, next_values, episode_ends, args.gamma, args.gae_lambda)
+        env_inds = np.arange(envs_.num_envs)
+        envs_per_batch = envs_.num_envs // args.num_minibatches
+        clipfracs, pg_loss, v_loss, entropy_loss, approx_kl = [0.0], torch.zeros(()), torch.zeros(()), torch.zeros(()), torch.zeros(())
+        for epoch in range(args.update_epochs):
+            np.random.shuffle(env_inds)
+            for start in range(0, envs_.num_envs, envs_per_batch):
+                mb = env_inds[start : start + envs_per_batch]
+                mb_inputs = policy_inputs[:, mb].reshape(-1, policy_inputs.shape[-1])
+                mb_actions = actions[:, mb].reshape(-1, *action_space.shape)
+                _, newlogprob, entropy, newvalue = agent.get_action_and_value(mb_inputs, mb_actions)
+                logratio = newlogprob - logprobs[:, mb].reshape(-1)
+                ratio = logratio.exp()
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean().item())
+                mb_advantages = advantages[:, mb].reshape(-1)
+                if args.norm_adv:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                pg_loss = torch.max(-mb_advantages * ratio,
+                                    -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
+                mb_returns, mb_values = returns[:, mb].reshape(-1), values[:, mb].reshape(-1)
+                if args.clip_vloss:
+                    v_clipped = mb_values + torch.clamp(newvalue - mb_values, -args.clip_coef, args.clip_coef)
+                    v_loss = 0.5 * torch.max((newvalue - mb_returns) ** 2, (v_clipped - mb_returns) ** 2).mean()
+                else:
+                    v_loss = 0.5 * ((newvalue - mb_returns) ** 2).mean()
+                entropy_loss = entropy.mean()
+                ppo_loss = pg_loss - ent_coef * entropy_loss + v_loss * args.vf_coef
+                optimizer.zero_grad()
+                ppo_loss.backward()
+                actor = [*agent.actor.parameters(), *([agent.actor_logstd] if agent.continuous else [])]  # log-std included
+                actor_norm = nn.utils.clip_grad_norm_(actor, args.max_grad_norm)
+                critic_norm = nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm)
+                check_finite(iteration, policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss,
+                             actor_gradient_norm=actor_norm, critic_gradient_norm=critic_norm)
+                optimizer.step()
+        timing["ppo"] += time.time() - tick
+
+        # TRY NOT TO MODIFY: record losses and progress
+        y_pred, y_true = values.flatten().cpu().numpy(), returns.flatten().cpu().numpy()
+        explained_var = np.nan if np.var(y_true) == 0 else 1 - np.var(y_true - y_pred) / np.var(y_true)
+        sps = int((global_step - start_step) / (time.time() - start_time))
+        for name, value in {"charts/learning_rate": optimizer.param_groups[0]["lr"], "charts/SPS": sps,
+                            "losses/value_loss": v_loss.item(), "losses/policy_loss": pg_loss.item(),
+                            "losses/entropy": entropy_loss.item(), "losses/approx_kl": approx_kl.item(),
+                            "losses/clipfrac": np.mean(clipfracs), "losses/explained_variance": explained_var,
+                            **{f"time/{k}": v for k, v in timing.items()}}.items():
+            writer.add_scalar(name, value, global_step)
+        if iteration % args.log_every == 0 or iteration == num_iterations:
+            mean_return = episode_returns.mean().item()
+            print(f"iter {iteration}/{num_iterations} | step {global_step:,} | {sps:,} steps/s | return {mean_return:.2f}"
+                  + (f" ({mean_return / bayes_return:.1%} of Bayes-optimal {bayes_return:.2f})" if bayes_return else ""), flush=True)
+        if args.eval_every and iteration % args.eval_every == 0 and iteration != num_iterations:
+            write_eval(iteration)
+            if args.save_model:
+                save(iteration)
+        if stop_requested and iteration != num_iterations:
+            if args.save_model:
+                save(iteration)
+                print(f"stopped at iteration {iteration}: continue with --resume {checkpoint_path}")
+            raise SystemExit(130)
+
+    write_eval(num_iterations, final=True)
+    if args.capture_video:
+        envs.protocol.record_video(args.env_id, eval_env_kwargs, lambda n: GreedyPolicy(
+            n, agent, obs_scaling, action_space, horizon, args, device), os.path.join(run_dir, "videos"), seed=args.seed)
+    total = sum(timing.values())
+    print("time: " + ", ".join(f"{name} {seconds:.0f}s ({seconds / total:.0%})" for name, seconds in timing.items()))
+    if args.save_model:
+        save(num_iterations)
+        print(f"checkpoint: {checkpoint_path}")
+        if args.track:  # the final checkpoint as a wandb artifact of the run
+            artifact = wandb.Artifact(f"{args.exp_name}__{args.env_id.split('/')[-1]}__seed{args.seed}", type="model")
+            artifact.add_file(checkpoint_path)
+            wandb.log_artifact(artifact)
+    envs_.close()
+    writer.close()
+    if args.track:
+        wandb.finish()
