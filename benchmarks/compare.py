@@ -307,12 +307,18 @@ def main(args: Args) -> None:
     ran = (f"{len(runs)} runs, {f'{done_before} of them finished by an earlier invocation, ' if done_before else ''}"
            f"{parallel}, {(time.time() - start) / 60:.0f} min wall time for this invocation"
            if runs else "table and plots of the runs in " + args.runs_dir)
-    lines = [f"# {env_name(args.env_id)} benchmark", "", f"Command: `{command.strip()}` ({ran}).", "", *table, ""]
+    write_report(args.output, f"{env_name(args.env_id)} benchmark", command, ran, table, figures, failures)
+
+
+def write_report(output: str, title: str, command: str, ran: str, table: list[str], figures: list[str],
+                 failures: dict) -> None:
+    """``output``.md: the title, the command that made it, the table and the figures; exit 1 if runs failed."""
+    lines = [f"# {title}", "", f"Command: `{command.strip()}` ({ran}).", "", *table, ""]
     lines += [f"![{os.path.basename(f)}]({os.path.basename(f)})" for f in figures]
-    with open(f"{args.output}.md", "w") as f:
+    with open(f"{output}.md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(table))
-    print(f"wrote {args.output}.md and {', '.join(figures)}")
+    print(f"wrote {output}.md and {', '.join(figures)}")
     if failures:
         raise SystemExit(f"error: {len(failures)} run(s) failed: {', '.join(failures)} (see their stdout.log)")
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmarks.compare import GRIDWORLD, METHODS, env_name, save
+from benchmarks.compare import GRIDWORLD, METHODS, env_name, save, write_report
 from benchmarks.runner import Run, run_all
 
 
@@ -211,14 +211,7 @@ def main(args: Args) -> None:
     command = "python benchmarks/sessions_sweep.py " + shlex.join(sys.argv[1:])
     ran = f"{len(runs)} runs, {(time.time() - start) / 60:.0f} min wall time for this invocation" if runs else \
         "table and figure of the runs in " + args.runs_dir
-    lines = [f"# {env_name(args.env_id)}: sessions per episode", "", f"Command: `{command.strip()}` ({ran}).", "",
-             *table, "", f"![{os.path.basename(figure)}]({os.path.basename(figure)})"]
-    with open(f"{args.output}.md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(table))
-    print(f"wrote {args.output}.md and {figure}")
-    if failures:
-        raise SystemExit(f"error: {len(failures)} run(s) failed: {', '.join(failures)} (see their stdout.log)")
+    write_report(args.output, f"{env_name(args.env_id)}: sessions per episode", command, ran, table, [figure], failures)
 
 
 if __name__ == "__main__":
