@@ -16,7 +16,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.optim as optim
 import tyro
 from torch.distributions.categorical import Categorical
@@ -99,13 +98,6 @@ class ObservationScaling(nn.Module):
 
     def forward(self, obs):
         return torch.as_tensor(obs, dtype=torch.float32, device=self.scale.device) * self.scale + self.shift
-
-
-def action_features(action, action_space):
-    """What the networks read of an action: one-hot for Discrete actions, the vector itself for Box ones."""
-    if isinstance(action_space, gym.spaces.Discrete):
-        return F.one_hot(action.long(), int(action_space.n)).float()
-    return action.float()
 
 
 def action_size(action_space) -> int:
@@ -398,8 +390,7 @@ if __name__ == "__main__":
     if not isinstance(action_space, (gym.spaces.Discrete, gym.spaces.Box)):
         raise SystemExit(f"error: {args.env_id} has {action_space}; {SCRIPT} handles Discrete and Box actions")
     fill_family_defaults(args, envs_)
-    obs_dim, action_dim, horizon = int(np.prod(envs_.single_observation_space.shape)), action_size(action_space), \
-        envs.protocol.horizon(envs_)
+    obs_dim, horizon = int(np.prod(envs_.single_observation_space.shape)), envs.protocol.horizon(envs_)
     batch_size, policy_batch_size = args.num_envs * horizon, args.policy_num_envs * horizon
     if 0 < args.small_batch_steps < args.total_timesteps:  # small batches, then large ones
         small_iterations = max(1, args.small_batch_steps // batch_size)
