@@ -213,3 +213,21 @@ def test_reward_terms_table_of_saved_agents(tmp_path):
     parts = sum(value[k] for k in ("reward_distance", "reward_scratch", "reward_velocity", "reward_force_away",
                                    "reward_high_force"))
     assert abs(parts - value["reward (total)"]) < 1e-3 * max(1.0, abs(parts))
+
+
+def test_the_comparison_places_each_method_between_the_oracle_and_no_inference():
+    def run(seed, value):
+        return {"args": {"seed": seed}, "evaluations": [{"return": value, "train_time": 60.0, "global_step": 600,
+                                                         "return_per_session": [value / 2, value / 2]}]}
+
+    results = {"oracle": [run(1, -100.0), run(2, -100.0)], "no-inference": [run(1, -300.0), run(2, -300.0)],
+               "dynamite": [run(1, -150.0), run(2, -250.0)]}
+    args = compare.Args(env_id="dynamite/HalfCheetahVel-v0", methods=list(results), seeds=[1, 2])
+    table = compare.summarize(args, results)
+    assert table[0].endswith("| between the bounds |")
+    row = next(line for line in table if line.startswith("| DynaMITE-RL |"))
+    assert row.endswith("| 50% |")  # -200 is halfway from -300 to -100
+    assert next(line for line in table if line.startswith("| oracle")).endswith("| 100% |")
+    without = compare.summarize(compare.Args(env_id="dynamite/HalfCheetahVel-v0", methods=["dynamite"], seeds=[1, 2]),
+                                {"dynamite": results["dynamite"]})
+    assert "between the bounds" not in without[0]
