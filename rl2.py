@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import resource
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -516,11 +517,13 @@ if __name__ == "__main__":
         timing["eval"] += time.time() - tick
         result.update(iteration=iteration, global_step=global_step,
                       train_time=train_time_before + sum(v for k, v in timing.items() if k != "eval"),
-                      wall_time=wall_time_before + time.time() - start_time)
+                      wall_time=wall_time_before + time.time() - start_time,
+                      peak_memory_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # resident set
         if bayes_return:  # (a reference of 0, e.g. with every reward 0, has no fraction)
             result["fraction_of_bayes_optimal"] = result["return"] / bayes_return
         evaluations.append(result)
         writer.add_scalar("eval/return", result["return"], global_step)
+        writer.add_scalar("charts/peak_memory_mib", result["peak_memory_mib"], global_step)
         for s, value in enumerate(result["return_per_session"]):
             writer.add_scalar(f"eval/return_per_session/{s}", value, global_step)
         for e, value in enumerate(result["consecutive_episode_returns"]):

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import resource
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -428,29 +429,34 @@ def vae_update(encoder, decoder, optimizer, batch, args, device, iteration: int)
 
 
 class EpisodeBuffer:
-    """A ring buffer of whole episodes for VAE training, stored (capacity, H, ...) and sampled as (H, batch, ...)."""
+    """A ring buffer of whole episodes for VAE training, stored (capacity, H, ...) and sampled as (H, batch, ...).
+    Each episode keeps its H + 1 observations once: the next observation of step t is the observation of step t + 1
+    (at a session's end too, where it is the next session's start), so ``next_obs`` is a view, not a second copy."""
 
     def __init__(self, capacity: int, horizon: int, obs_dim: int, action_dim: int, device):
         self.fields = {
-            "obs": torch.zeros(capacity, horizon, obs_dim, device=device),
+            "obs": torch.zeros(capacity, horizon + 1, obs_dim, device=device),
             "actions": torch.zeros(capacity, horizon, action_dim, device=device),
             "rewards": torch.zeros(capacity, horizon, device=device),
-            "next_obs": torch.zeros(capacity, horizon, obs_dim, device=device),
             "session_done": torch.zeros(capacity, horizon, dtype=torch.bool, device=device),
         }
         self.capacity, self.size, self.position = capacity, 0, 0
 
     def add(self, obs, actions_onehot, rewards, next_obs, session_done):
         """Append a batch of episodes given as (H, B, ...)."""
+        if not torch.equal(next_obs[:-1], obs[1:]):
+            raise ValueError("each step's next observation must be the next step's observation")
         index = (self.position + torch.arange(obs.shape[1])) % self.capacity
-        for name, value in zip(self.fields, (obs, actions_onehot, rewards, next_obs, session_done)):
+        for name, value in zip(self.fields, (torch.cat([obs, next_obs[-1:]]), actions_onehot, rewards, session_done)):
             self.fields[name][index] = value.transpose(0, 1)
         self.position = int(index[-1] + 1) % self.capacity
         self.size = min(self.size + obs.shape[1], self.capacity)
 
     def sample(self, batch: int):
+        """(obs, actions, rewards, next_obs, session_done) of ``batch`` episodes drawn uniformly, (H, batch, ...)."""
         index = torch.randint(self.size, (batch,))
-        return tuple(value[index].transpose(0, 1) for value in self.fields.values())
+        obs, actions, rewards, session_done = (value[index].transpose(0, 1) for value in self.fields.values())
+        return obs[:-1], actions, rewards, obs[1:], session_done
 
     def state_dict(self) -> dict:
         return {"size": self.size, "position": self.position,
@@ -710,11 +716,13 @@ if __name__ == "__main__":
         timing["eval"] += time.time() - tick
         result.update(iteration=iteration, global_step=global_step,
                       train_time=train_time_before + sum(v for k, v in timing.items() if k != "eval"),
-                      wall_time=wall_time_before + time.time() - start_time)
+                      wall_time=wall_time_before + time.time() - start_time,
+                      peak_memory_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # resident set
         if bayes_return:  # (a reference of 0, e.g. with every reward 0, has no fraction)
             result["fraction_of_bayes_optimal"] = result["return"] / bayes_return
         evaluations.append(result)
         writer.add_scalar("eval/return", result["return"], global_step)
+        writer.add_scalar("charts/peak_memory_mib", result["peak_memory_mib"], global_step)
         for s, value in enumerate(result["return_per_session"]):
             writer.add_scalar(f"eval/return_per_session/{s}", value, global_step)
         for e, value in enumerate(result["consecutive_episode_returns"]):

@@ -87,7 +87,9 @@ def training_rate(args: Args, script: str, steps: int, root: str = ROOT) -> tupl
         evaluation = json.load(open(os.path.join(run_dir, "eval.json")))
     timing = {k: v for k, v in evaluation["time"].items() if k != "eval"}
     train_time = sum(timing.values())
-    return steps / train_time, ", ".join(f"{name} {seconds / train_time:.0%}" for name, seconds in timing.items())
+    split = ", ".join(f"{name} {seconds / train_time:.0%}" for name, seconds in timing.items())
+    peak = evaluation["evaluations"][-1].get("peak_memory_mib")  # (older revisions do not report it)
+    return steps / train_time, split + (f"; peak memory {peak:,.0f} MiB" if peak else "")
 
 
 def median_run(results: list[tuple[float, str]]) -> tuple[float, str]:

@@ -127,16 +127,22 @@ def test_episode_buffer_keeps_the_last_episodes_and_samples_time_major(vae_algo)
     buffer = vae_algo.EpisodeBuffer(capacity=5, horizon=3, obs_dim=2, action_dim=4, device="cpu")
     for start in (0, 3):  # 3 episodes, then 3 more: the oldest is overwritten
         ids = torch.arange(start, start + 3, dtype=torch.float32)
-        obs = ids[None, :, None].expand(3, 3, 2)
-        buffer.add(obs, torch.zeros(3, 3, 4), ids[None].expand(3, 3), obs, torch.zeros(3, 3, dtype=torch.bool))
+        states = (10 * ids[None, :, None] + torch.arange(4.0)[:, None, None]).expand(4, 3, 2)  # s_0..s_3
+        buffer.add(states[:-1], torch.zeros(3, 3, 4), ids[None].expand(3, 3), states[1:],
+                   torch.zeros(3, 3, dtype=torch.bool))
     assert buffer.size == 5 and buffer.position == 1
     assert sorted(buffer.fields["rewards"][:, 0].tolist()) == [1, 2, 3, 4, 5]
+    assert buffer.fields["obs"].shape == (5, 4, 2)  # the H + 1 observations of an episode, once
     obs, actions, rewards, next_obs, session_done = buffer.sample(7)
-    assert obs.shape == (3, 7, 2) and actions.shape == (3, 7, 4) and session_done.shape == (3, 7)
+    assert obs.shape == next_obs.shape == (3, 7, 2) and actions.shape == (3, 7, 4) and session_done.shape == (3, 7)
     assert set(rewards[0].tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0} and (rewards == rewards[0]).all()
+    torch.testing.assert_close(obs[:, :, 0] % 10, torch.arange(3.0)[:, None].expand(3, 7))  # s_t
+    torch.testing.assert_close(next_obs - obs, torch.ones(3, 7, 2))  # s_{t+1}, the last one too
     restored = vae_algo.EpisodeBuffer(capacity=5, horizon=3, obs_dim=2, action_dim=4, device="cpu")
     restored.load_state_dict(buffer.state_dict())
     assert all(torch.equal(restored.fields[k], buffer.fields[k]) for k in buffer.fields)
+    with pytest.raises(ValueError, match="next observation must be the next step's observation"):
+        buffer.add(states[:-1], torch.zeros(3, 3, 4), torch.zeros(3, 3), states[:-1], torch.zeros(3, 3, dtype=torch.bool))
 
 
 def test_decoding_the_mean_ignores_the_belief_variance(vae_algo):
@@ -219,6 +225,9 @@ def test_a_finished_run_writes_its_evaluations_and_tensorboard_log(script, finis
     assert len(result["evaluations"][0]["consecutive_episode_returns"]) == 1
     assert final["fraction_of_bayes_optimal"] == pytest.approx(final["return"] / 47.370, abs=1e-4)
     assert result["bayes_optimal_return"] == pytest.approx(47.370, abs=1e-3)
+    assert len(final["episode_returns"]) == 16 and "episode_returns" not in result["evaluations"][0]
+    assert np.mean(final["episode_returns"]) == pytest.approx(final["return"])
+    assert 100 < final["peak_memory_mib"] < 4096  # the process's peak resident set (torch alone is ~300 MiB)
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
 
 
