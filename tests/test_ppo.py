@@ -45,7 +45,7 @@ def test_the_policy_sees_the_state_and_the_elapsed_time_only():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("observe_latent", [False, True])
+@pytest.mark.parametrize("observe_latent", [True])  # (without it: the same code, less the wrapper)
 def test_a_run_trains_evaluates_and_resumes(observe_latent, tmp_path):
     flags = [*TINY["ppo.py"], "--save-model", "--eval-every", "1", *(["--observe-latent"] if observe_latent else [])]
     run_dir = run_script("ppo.py", *flags, cwd=tmp_path)
