@@ -231,3 +231,15 @@ def test_the_comparison_places_each_method_between_the_oracle_and_no_inference()
     without = compare.summarize(compare.Args(env_id="dynamite/HalfCheetahVel-v0", methods=["dynamite"], seeds=[1, 2]),
                                 {"dynamite": results["dynamite"]})
     assert "between the bounds" not in without[0]
+
+
+@pytest.mark.slow
+def test_session_detection_measures_the_head_on_each_schedule(tmp_path):
+    from benchmarks import session_detection
+
+    result = session_detection.main(session_detection.Args(updates=2, probe_every=2, train_episodes=16,
+                                                           test_episodes=16, output=str(tmp_path / "detection")))
+    assert [row["schedule"] for row in result["rows"]] == ["fixed", "bernoulli", "poisson"]
+    assert all(row["updates"] == 2 and (np.isnan(row["precision"]) or 0 <= row["precision"] <= 1)
+               and 0 <= row["recall"] <= 1 for row in result["rows"])
+    assert (tmp_path / "detection.md").read_text().count("\n| ") == 4
