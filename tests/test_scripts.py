@@ -312,8 +312,8 @@ def test_the_training_rollout_beliefs_are_the_teacher_forced_beliefs_of_its_epis
     encoder = algo.Encoder(6, 5, args)
     encoder.load_state_dict(checkpoint["modules"]["encoder"])
     episodes = {k: v.transpose(0, 1) for k, v in checkpoint["buffer"]["fields"].items()}  # (H, 8 episodes, ...)
-    assert episodes["obs"].shape[:2] == (60, 8) and episodes["session_done"].sum() == 8 * 4
-    inputs = (episodes["obs"], episodes["actions"], episodes["rewards"])
+    assert episodes["obs"].shape[:2] == (61, 8) and episodes["session_done"].sum() == 8 * 4  # s_0..s_H of each
+    inputs = (episodes["obs"][:-1], episodes["actions"], episodes["rewards"])
     with torch.no_grad():
         if vae_script == "dynamite_rl.py":
             means, logvars = algo.encode_episodes(encoder, *inputs, episodes["session_done"], args, "cpu")[:2]
