@@ -31,53 +31,94 @@ import envs.protocol  # registers the dynamite/ environments with gymnasium; the
 @dataclass
 class Args:
     # Experiment
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]  # the name of this experiment
-    seed: int = 1  # seed of the experiment
-    torch_deterministic: bool = True  # if toggled, `torch.backends.cudnn.deterministic=True`
-    cuda: bool = True  # if toggled, cuda is used when it is available
-    num_threads: int = 1  # torch CPU threads (one per run lets two seeds share a 2-core machine)
-    track: bool = False  # if toggled, the run is tracked with Weights and Biases (WANDB_MODE=offline works)
-    wandb_project_name: str = "dynamite-rl"  # the wandb project; every algorithm of this library logs to the same one
-    wandb_entity: str | None = None  # the entity (team) of the wandb project
-    wandb_group: str | None = None  # the wandb group, e.g. one per comparison
-    capture_video: bool = False  # if toggled, records a video of one evaluation episode into the run folder
-    save_model: bool = False  # write a checkpoint at every evaluation, at the end and on Ctrl-C
-    resume: str | None = None  # path of a checkpoint to continue from (its run folder is reused)
-    run_dir: str | None = None  # folder of the run (default: runs/<env>__<exp_name>__<seed>__<time>)
-    eval_every: int = 25  # evaluate every this many iterations (and at the end); 0 evaluates only at the end
-    eval_episodes: int | None = None  # episodes per evaluation (default: 2000 discrete, 25 continuous)
-    log_every: int = 10  # print a progress line every this many iterations
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda is used when it is available"""
+    num_threads: int = 1
+    """torch CPU threads (one per run lets two seeds share a 2-core machine)"""
+    track: bool = False
+    """if toggled, the run is tracked with Weights and Biases (WANDB_MODE=offline works)"""
+    wandb_project_name: str = "dynamite-rl"
+    """the wandb project; every algorithm of this library logs to the same one"""
+    wandb_entity: str | None = None
+    """the entity (team) of the wandb project"""
+    wandb_group: str | None = None
+    """the wandb group, e.g. one per comparison"""
+    capture_video: bool = False
+    """if toggled, records a video of one evaluation episode into the run folder"""
+    save_model: bool = False
+    """write a checkpoint at every evaluation, at the end and on Ctrl-C"""
+    resume: str | None = None
+    """path of a checkpoint to continue from (its run folder is reused)"""
+    run_dir: str | None = None
+    """folder of the run (default: runs/<env>__<exp_name>__<seed>__<time>)"""
+    eval_every: int = 25
+    """evaluate every this many iterations (and at the end); 0 evaluates only at the end"""
+    eval_episodes: int | None = None
+    """episodes per evaluation (default: 2000 discrete, 25 continuous)"""
+    log_every: int = 10
+    """print a progress line every this many iterations"""
 
     # Environment
-    env_id: str = "dynamite/Gridworld-v0"  # the id of the environment
-    env_kwargs: str = "{}"  # constructor arguments of the environment as JSON, e.g. '{"size": 7, "num_goals": 3}'
-    eval_env_kwargs: str = "{}"  # what evaluation changes of them, e.g. '{"task_set": "test"}'
-    total_timesteps: int = 6_000_000  # total environment steps of the experiment
-    num_envs: int = 64  # number of environments stepped in lock-step; each iteration collects one whole episode of each
-    small_batch_steps: int | None = None  # steps with --num-envs, then --policy-num-envs (default 4 M discrete, 0 cont)
-    policy_num_envs: int = 256  # environments per iteration after --small-batch-steps
+    env_id: str = "dynamite/Gridworld-v0"
+    """the id of the environment"""
+    env_kwargs: str = "{}"
+    """constructor arguments of the environment as JSON, e.g. '{"size": 7, "num_goals": 3}'"""
+    eval_env_kwargs: str = "{}"
+    """what evaluation changes of them, e.g. '{"task_set": "test"}'"""
+    total_timesteps: int = 6_000_000
+    """total environment steps of the experiment"""
+    num_envs: int = 64
+    """number of environments stepped in lock-step; each iteration collects one whole episode of each"""
+    small_batch_steps: int | None = None
+    """steps with --num-envs, then --policy-num-envs (default 4 M discrete, 0 cont)"""
+    policy_num_envs: int = 256
+    """environments per iteration after --small-batch-steps"""
 
     # Algorithm: PPO on the recurrent agent
-    learning_rate: float = 1e-3  # learning rate of the policy and critic optimizer
-    anneal_lr: bool = True  # anneal the policy learning rate linearly to 10% of its value
-    gamma: float = 0.99  # the discount factor
-    gae_lambda: float = 0.95  # the lambda of generalized advantage estimation
-    num_minibatches: int = 4  # the number of PPO minibatches (the batch is split by environment)
-    update_epochs: int = 4  # the number of PPO epochs per iteration
-    norm_adv: bool = True  # normalize advantages per minibatch
-    clip_coef: float = 0.2  # the PPO clipping coefficient
-    clip_vloss: bool = False  # clip the value loss as the PPO paper's implementation does
-    ent_coef: float | None = None  # entropy bonus, annealed to 0 (default: 0.01 discrete, 0.05 continuous)
-    vf_coef: float = 0.5  # value loss coefficient
-    max_grad_norm: float = 0.5  # max gradient norm of the actor, the critic and their memory, each
-    policy_hidden: int = 128  # width of the two hidden layers of the actor and of the critic
-    norm_reward: bool | None = None  # scale PPO's rewards by the return's running std (default: continuous only)
-    time_feature: bool = True  # give the actor and critic the elapsed fraction t/H of the episode
+    learning_rate: float = 1e-3
+    """learning rate of the policy and critic optimizer"""
+    anneal_lr: bool = True
+    """anneal the policy learning rate linearly to 10% of its value"""
+    gamma: float = 0.99
+    """the discount factor"""
+    gae_lambda: float = 0.95
+    """the lambda of generalized advantage estimation"""
+    num_minibatches: int = 4
+    """the number of PPO minibatches (the batch is split by environment)"""
+    update_epochs: int = 4
+    """the number of PPO epochs per iteration"""
+    norm_adv: bool = True
+    """normalize advantages per minibatch"""
+    clip_coef: float = 0.2
+    """the PPO clipping coefficient"""
+    clip_vloss: bool = False
+    """clip the value loss as the PPO paper's implementation does"""
+    ent_coef: float | None = None
+    """entropy bonus, annealed to 0 (default: 0.01 discrete, 0.05 continuous)"""
+    vf_coef: float = 0.5
+    """value loss coefficient"""
+    max_grad_norm: float = 0.5
+    """max gradient norm of the actor, the critic and their memory, each"""
+    policy_hidden: int = 128
+    """width of the two hidden layers of the actor and of the critic"""
+    norm_reward: bool | None = None
+    """scale PPO's rewards by the return's running std (default: continuous only)"""
+    time_feature: bool = True
+    """give the actor and critic the elapsed fraction t/H of the episode"""
 
     # Algorithm: the recurrent agent
-    embed_dim: int | None = None  # size of the state, action and reward embeddings (default: 16 discrete, 32 cont.)
-    encoder_hidden: int = 64  # width of the two layers between the embeddings and the GRU
-    gru_hidden: int = 128  # size of the GRU hidden state
+    embed_dim: int | None = None
+    """size of the state, action and reward embeddings (default: 16 discrete, 32 cont.)"""
+    encoder_hidden: int = 64
+    """width of the two layers between the embeddings and the GRU"""
+    gru_hidden: int = 128
+    """size of the GRU hidden state"""
 
 
 class ObservationScaling(nn.Module):
