@@ -4,29 +4,23 @@
 # (the first to the prior, the belief at the GRU's initial state). PPO acts on (s, belief), the belief detached.
 # The library's baseline for DynaMITE-RL: `diff varibad.py dynamite_rl.py` shows what DynaMITE-RL changes.
 # Run `python varibad.py --help` for every flag.
-import dataclasses
-import json
-import math
 import os
 import random
-import resource
-import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torch.optim as optim
-import tyro
 from torch.distributions.categorical import Categorical
 from torch.distributions.normal import Normal
-from torch.utils.tensorboard import SummaryWriter
 
 import envs.protocol  # registers the dynamite/ environments with gymnasium; the evaluation protocol
+import envs.runs  # the run's folder, logs, checkpoints and argument checks, the same for every script
+from envs.protocol import ObservationScaling, RunningMeanStd, action_features, action_size, env_action
 
 
 @dataclass
@@ -152,50 +146,6 @@ class Args:
     """also reconstruct next states (default: where the latent changes the dynamics)"""
 
 
-class ObservationScaling(nn.Module):
-    """obs * scale + shift: the finite bounds of the observation space map to [-1, 1]; unbounded dimensions are
-    standardised by statistics fitted once, on uniformly random-action episodes before training, and fixed from
-    then on, so that the encoder, its buffer and the policy always see one scale (checkpoints carry it)."""
-
-    def __init__(self, space: gym.spaces.Box):
-        super().__init__()
-        low, high = space.low.astype(np.float64).ravel(), space.high.astype(np.float64).ravel()
-        finite = np.isfinite(low) & np.isfinite(high) & (high > low)
-        low, high = np.where(finite, low, -1.0), np.where(finite, high, 1.0)  # unbounded dims: identity for now
-        self.register_buffer("scale", torch.as_tensor(2.0 / (high - low), dtype=torch.float32))
-        self.register_buffer("shift", torch.as_tensor(-(high + low) / (high - low), dtype=torch.float32))
-        self.register_buffer("unbounded", torch.as_tensor(~finite))
-
-    def fit(self, observations) -> None:
-        """Standardise the unbounded dimensions by the mean and std of ``observations`` (..., obs_dim)."""
-        flat = observations.reshape(-1, observations.shape[-1])
-        mean, std = flat.mean(0), flat.std(0).clamp(min=1e-3)
-        self.scale.copy_(torch.where(self.unbounded, 1.0 / std, self.scale))
-        self.shift.copy_(torch.where(self.unbounded, -mean / std, self.shift))
-
-    def forward(self, obs):
-        return torch.as_tensor(obs, dtype=torch.float32, device=self.scale.device) * self.scale + self.shift
-
-
-def action_features(action, action_space):
-    """What the networks read of an action: one-hot for Discrete actions, the vector itself for Box ones."""
-    if isinstance(action_space, gym.spaces.Discrete):
-        return F.one_hot(action.long(), int(action_space.n)).float()
-    return action.float()
-
-
-def action_size(action_space) -> int:
-    return int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else int(np.prod(action_space.shape))
-
-
-def env_action(action, action_space) -> np.ndarray:
-    """The action as the environment takes it; Gaussian samples are clipped to the action bounds."""
-    action = action.cpu().numpy()
-    if isinstance(action_space, gym.spaces.Box):
-        action = np.clip(action, action_space.low, action_space.high)
-    return action
-
-
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -258,28 +208,6 @@ class Decoder(nn.Module):
         if self.next_state is None:
             return reward, None
         return reward, self.next_state(torch.cat([self.state_embed(obs), self.action_embed(action), latent], -1))
-
-
-class RunningMeanStd(nn.Module):
-    """Running mean and variance of a stream of batches (kept as buffers, so checkpoints carry them)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("var", torch.ones(dim))
-        self.register_buffer("count", torch.tensor(1e-4))
-
-    def update(self, x):
-        x = x.reshape(-1, x.shape[-1])
-        batch_mean, batch_var, batch_count = x.mean(0), x.var(0, unbiased=False), x.shape[0]
-        delta, total = batch_mean - self.mean, self.count + batch_count
-        merged = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        self.var.copy_(merged / total)
-        self.mean.add_(delta * batch_count / total)
-        self.count.copy_(total)
-
-    def normalize(self, x):
-        return ((x - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-10.0, 10.0)
 
 
 class Agent(nn.Module):
@@ -382,16 +310,12 @@ def kl_loss(means, logvars, prior, base=None):
 
 def reconstruction_loss(decoder, means, logvars, obs, actions, rewards, next_obs, session_done, mask, belief_steps,
                         sample: bool = True, args: Args | None = None):
-    """Negative log-likelihood (unit-variance Gaussian: squared error) of the transitions in ``mask``, summed over
-    each belief's targets and averaged over beliefs and episodes, for the beliefs at ``belief_steps``; each belief
-    decodes a reparameterised sample m ~ q_t (its mean with ``sample=False``). Summing over targets follows the
-    ELBO: averaging would shrink the few informative transitions (a goal reached) against the KL and let the
-    posterior collapse."""
+    """Squared error (unit-variance Gaussian NLL) of the transitions in ``mask`` decoded from the beliefs at
+    ``belief_steps`` (a sample m ~ q_t, or its mean), summed over targets as in the ELBO, averaged over beliefs."""
     mean, logvar = means[belief_steps], logvars[belief_steps]  # (K, B, D)
     latent = mean + torch.randn_like(mean) * (0.5 * logvar).exp() if sample else mean
     latent = to_latent(latent, args) if args is not None else latent  # (args: the latent's kind)
-    # a session's last transition is followed by the next session's start state, not by where the move landed:
-    # neither its next state nor (for a decoder reading s_{t+1}) its reward can be decoded, so it is left out.
+    # a session's last transition lands in the next session's start state: it cannot be decoded, so it is left out.
     # Only the (belief, target) pairs that count are decoded
     belief, step, env = (mask[belief_steps] & ~session_done.bool()[None]).nonzero(as_tuple=True)  # (K, H, B) pairs
     predicted_reward, predicted_state = decoder(latent[belief, env], obs[step, env], actions[step, env], next_obs[step, env])
@@ -479,15 +403,14 @@ def vae_update(encoder, decoder, optimizer, batch, args, device, iteration: int)
     optimizer.zero_grad()
     loss.backward()
     grad_norm = nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], args.max_grad_norm)
-    check_finite(iteration, **{f"{name} loss": value for name, value in terms.items()}, encoder_gradient_norm=grad_norm)
+    envs.runs.check_finite(iteration, **{f"{k} loss": v for k, v in terms.items()}, encoder_gradient_norm=grad_norm)
     optimizer.step()
     return loss, terms
 
 
 class EpisodeBuffer:
-    """A ring buffer of whole episodes for VAE training, stored (capacity, H, ...) and sampled as (H, batch, ...).
-    Each episode keeps its H + 1 observations once: the next observation of step t is the observation of step t + 1
-    (at a session's end too, where it is the next session's start), so ``next_obs`` is a view, not a second copy."""
+    """A ring buffer of whole episodes, stored (capacity, H, ...) and sampled as (H, batch, ...); each episode keeps
+    its H + 1 observations once (step t's next observation is step t + 1's), so ``next_obs`` is a view."""
 
     def __init__(self, capacity: int, horizon: int, obs_dim: int, action_dim: int, device):
         self.fields = {
@@ -544,148 +467,12 @@ class GreedyPolicy:
                            torch.as_tensor(reward, dtype=torch.float32, device=self.device))
 
 
-# TRY NOT TO MODIFY: settings, checks and checkpoints, the same in every script of the library
-# the paper's Table 2 values where continuous control differs from the Gridworld, and the encoder's schedule (README)
-FAMILY_DEFAULTS = {
-    "discrete": {"eval_episodes": 2000, "ent_coef": 0.01, "latent_dim": 5, "embed_dim": 16, "norm_reward": False,
-                 "encoder_updates": 8, "encoder_train_steps": 4_000_000, "small_batch_steps": 4_000_000},
-    "continuous": {"eval_episodes": 25, "ent_coef": 0.05, "latent_dim": 16, "embed_dim": 32, "norm_reward": True,
-                   "encoder_updates": 2, "encoder_train_steps": 0, "small_batch_steps": 0},
-}
-ENV_DEFAULTS = {"dynamite/ScratchItch-v0": {"ent_coef": 0.01}}  # where one environment differs again (README)
-# the range of every numeric setting (a script skips those it lacks); other integers are counts >= 1, floats >= 0
-RANGES = {"seed": (lambda v: True, "an integer"), "gamma": (lambda v: 0 < v <= 1, "in (0, 1]"),
-          "gae_lambda": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-          "dirichlet_classes": (lambda v: v >= 2, "an integer >= 2"),
-          **{name: (lambda v: v > 0, "> 0") for name in ("learning_rate", "encoder_learning_rate", "clip_coef", "max_grad_norm",
-                                                         "dirichlet_alpha")},
-          **{name: (lambda v: v >= 0, "an integer >= 0") for name in ("eval_every", "encoder_updates", "encoder_train_steps",
-                                                                         "small_batch_steps")}}
-SCRIPT, CHECKPOINT_FORMAT = os.path.basename(__file__), 1
-# what --resume may change; every other setting is the checkpoint's, so that a resumed run continues the run it names
-RESUMABLE = ("total_timesteps", "eval_every", "log_every", "num_threads", "cuda", "track", "wandb_project_name",
-             "wandb_entity", "wandb_group", "capture_video")
-
-
-def fill_family_defaults(args: Args, envs_) -> None:
-    """Settings left unset take their environment family's value (discrete or continuous actions); the state
-    decoder is on where the environment says that its dynamics change with the latent."""
-    family = "discrete" if isinstance(envs_.single_action_space, gym.spaces.Discrete) else "continuous"
-    for name, value in {**FAMILY_DEFAULTS[family], **ENV_DEFAULTS.get(args.env_id, {})}.items():
-        if getattr(args, name, False) is None:  # (a setting this algorithm does not have is skipped)
-            setattr(args, name, value)
-    if getattr(args, "state_decoder", False) is None:
-        args.state_decoder = envs.protocol.latent_changes_dynamics(args.env_id)
-
-
-def check_args(args: Args) -> tuple[dict, dict]:
-    """Fail before anything is written, with one line naming the flag, its value and what is allowed."""
-    for field in dataclasses.fields(args):
-        value = getattr(args, field.name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        ok, allowed = RANGES.get(field.name, (lambda v: v >= 1, "an integer >= 1") if isinstance(value, int)
-                                 else (lambda v: v >= 0, ">= 0"))
-        if not (math.isfinite(value) and ok(value)):
-            raise SystemExit(f"error: --{field.name.replace('_', '-')} {value} is out of range: it must be {allowed}")
-    for name in ("num_envs", "policy_num_envs"):
-        if getattr(args, name, 0) % args.num_minibatches != 0:
-            raise SystemExit(f"error: --{name.replace('_', '-')} {getattr(args, name)} must be divisible by "
-                             f"--num-minibatches {args.num_minibatches} (minibatches are split by environment)")
-    try:  # the environment's settings for training and for evaluation
-        env_kwargs = envs.protocol.parse_env_settings(args.env_id, args.env_kwargs)
-        return env_kwargs, {**env_kwargs, **envs.protocol.parse_env_settings(args.env_id, args.eval_env_kwargs,
-                                                                             "--eval-env-kwargs")}
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
-
-
-def check_finite(iteration: int, **values) -> None:
-    """Stop the run where a loss, gradient norm, reward or observation is NaN or infinite, before anything is saved."""
-    for name, value in values.items():
-        if not bool(torch.isfinite(torch.as_tensor(value)).all()):
-            raise SystemExit(f"error: the {name.replace('_', ' ')} is not finite at iteration {iteration}: the run stops "
-                             "here (its last checkpoint, if any, is from before)")
-
-
-def save_checkpoint(path: str, modules: dict, optimizers: dict, args: Args, envs_, progress: dict) -> None:
-    """Everything needed to continue the run exactly, as tensors and plain data, written atomically (a kill leaves
-    the previous checkpoint or this one). ``progress``: step, iteration, evaluations, the encoder's buffer."""
-    numpy_state = np.random.get_state(legacy=False)
-    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
-    torch.save({"header": {"script": SCRIPT, "format": CHECKPOINT_FORMAT, "env_id": args.env_id}, "args": asdict(args),
-                "modules": {name: module.state_dict() for name, module in modules.items()},
-                "optimizers": {name: optimizer.state_dict() for name, optimizer in optimizers.items()},
-                "rng": {"torch": torch.get_rng_state(), "numpy": numpy_state, "python": random.getstate(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                        "envs": envs.protocol.generator_states(envs_)}, **progress}, f"{path}.tmp")
-    os.replace(f"{path}.tmp", path)
-
-
-def load_checkpoint(path: str, device, script: str | None = SCRIPT) -> dict:
-    """The checkpoint at ``path``, loaded as data (weights_only: a file that would run code is refused), written by
-    ``script`` (None: by any script of the library); one line on what is wrong otherwise."""
-    if not os.path.isfile(path) or os.path.getsize(path) == 0:
-        raise SystemExit(f"error: checkpoint {path!r}: " + ("the file is empty" if os.path.isfile(path) else "no such checkpoint file"))
-    try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except Exception as error:  # a truncated or foreign file, or one that refers to classes or functions
-        raise SystemExit(f"error: checkpoint {path!r} " + (
-            "holds objects other than tensors and plain data (written by an older version, or a file that would run "
-            "code when loaded): it is not loaded" if "GLOBAL" in str(error) else "is truncated or not a checkpoint "
-            f"({type(error).__name__})")) from None
-    header = checkpoint.get("header") if isinstance(checkpoint, dict) else None
-    if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
-        raise SystemExit(f"error: checkpoint {path!r} is not of this library's checkpoint format {CHECKPOINT_FORMAT}")
-    if script is not None and header["script"] != script:
-        raise SystemExit(f"error: checkpoint {path!r} is one of {header['script']} on {header['env_id']}, not of "
-                         f"{script}: resume it with `python {header['script']} --resume {path}`")
-    return checkpoint
-
-
-def resume_args(args: Args, checkpoint: dict) -> Args:
-    """``args`` parsed with the checkpoint's settings as defaults: only those in RESUMABLE may differ (printed)."""
-    saved = checkpoint["args"]
-    changed = {name: value for name, value in asdict(args).items() if name != "resume" and value != saved[name]}
-    if "env_id" in changed:
-        raise SystemExit(f"error: --resume {args.resume!r} is a run on {saved['env_id']}, not on --env-id {args.env_id}")
-    for name in sorted(set(changed) - set(RESUMABLE)):
-        raise SystemExit(f"error: --{name.replace('_', '-')} cannot change on --resume: the run continues with the "
-                         f"settings it started with; only {', '.join('--' + n.replace('_', '-') for n in RESUMABLE)} may")
-    for name, value in changed.items():
-        print(f"resume: --{name.replace('_', '-')} {value} (the run started with {saved[name]})")
-    return args
-
-
-def restore(checkpoint: dict, modules: dict, optimizers: dict, envs_, path: str) -> None:
-    """The run's modules, optimizers and random generators from the checkpoint; a part missing or of another
-    shape is an error, not a silently random network."""
-    for kind, parts in (("modules", modules), ("optimizers", optimizers)):
-        for name, part in parts.items():
-            if name not in checkpoint[kind]:
-                raise SystemExit(f"error: checkpoint {path!r} has no {name!r} {kind[:-1]}")
-            try:
-                part.load_state_dict(checkpoint[kind][name])
-            except (RuntimeError, ValueError, KeyError) as error:
-                raise SystemExit(f"error: checkpoint {path!r}: its {name!r} does not fit this run "
-                                 f"({str(error).splitlines()[0]})") from None
-    rng = checkpoint["rng"]
-    torch.set_rng_state(rng["torch"].cpu())
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([state.cpu() for state in rng["cuda"]])
-    envs_.reset(seed=0)  # creates the generators, whose states are then restored
-    envs.protocol.set_generator_states(envs_, rng["envs"])
+SCRIPT = os.path.basename(__file__)
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    resume = load_checkpoint(args.resume, device) if args.resume else None
-    if resume is not None:  # the checkpoint's settings, of which the command line may change only RESUMABLE ones
-        args = resume_args(tyro.cli(Args, default=Args(**resume["args"])), resume)
-    env_kwargs, eval_env_kwargs = check_args(args)
+    args, resume = envs.runs.parse_args(Args, SCRIPT)  # with --resume: the checkpoint's settings and state
+    env_kwargs, eval_env_kwargs = envs.runs.check_args(args)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -695,27 +482,15 @@ if __name__ == "__main__":
     torch.set_num_threads(args.num_threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    # env setup
-    try:
-        envs_ = envs.protocol.make_vector_env(args.env_id, args.num_envs, env_kwargs)
-        envs.protocol.make_vector_env(args.env_id, 1, eval_env_kwargs).close()  # checked before training, not after
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+    # env setup; the settings left unset take the values of the environment's family (discrete or continuous)
+    envs_ = envs.runs.make_envs(args, env_kwargs, eval_env_kwargs, SCRIPT)
     action_space = envs_.single_action_space
-    if not isinstance(action_space, (gym.spaces.Discrete, gym.spaces.Box)):
-        raise SystemExit(f"error: {args.env_id} has {action_space}; {SCRIPT} handles Discrete and Box actions")
-    fill_family_defaults(args, envs_)
     obs_dim, action_dim, horizon = int(np.prod(envs_.single_observation_space.shape)), action_size(action_space), \
         envs.protocol.horizon(envs_)
     batch_size, policy_batch_size = args.num_envs * horizon, args.policy_num_envs * horizon
-    if 0 < args.encoder_train_steps < args.total_timesteps:  # the encoder phase, then the policy phase
-        encoder_iterations = max(1, args.encoder_train_steps // batch_size)
-        num_iterations = encoder_iterations + max(1, (args.total_timesteps - encoder_iterations * batch_size) // policy_batch_size)
-    else:
-        encoder_iterations = num_iterations = max(1, args.total_timesteps // batch_size)
-    if resume is not None and resume["iteration"] >= num_iterations:
-        raise SystemExit(f"error: --resume {args.resume!r}: the run has finished its {num_iterations} iterations; "
-                         "a larger --total-timesteps extends it")
+    # the encoder phase, then the policy phase; a checkpoint that has done them all is an error
+    encoder_iterations, num_iterations = envs.runs.iterations(args, args.encoder_train_steps, batch_size,
+                                                              policy_batch_size, resume)
     if resume is not None and resume["iteration"] > encoder_iterations:  # resumed in the policy phase
         envs_.close()
         envs_ = envs.protocol.make_vector_env(args.env_id, args.policy_num_envs, env_kwargs)
@@ -730,38 +505,21 @@ if __name__ == "__main__":
     modules = {"encoder": encoder, "decoder": decoder, "agent": agent, "obs_scaling": obs_scaling}
     optimizers = {"encoder": encoder_optimizer, "policy": optimizer}
     buffer = EpisodeBuffer(args.encoder_buffer_episodes, horizon, obs_dim, action_dim, device)
-    global_step, start_iteration, evaluations = 0, 1, []
+    global_step, start_iteration = 0, 1
     if resume is not None:  # everything is loaded and checked before the run folder is touched
-        restore(resume, modules, optimizers, envs_, args.resume)
+        envs.runs.restore(resume, modules, optimizers, envs_, args.resume)
         buffer.load_state_dict(resume["buffer"])
-        global_step, start_iteration, evaluations = resume["global_step"], resume["iteration"] + 1, resume["evaluations"]
+        global_step, start_iteration = resume["global_step"], resume["iteration"] + 1
     else:
         envs_.reset(seed=args.seed)
         if obs_scaling.unbounded.any():  # standardised by random-action episodes
-            obs_scaling.fit(torch.as_tensor(np.stack([step[0] for step in envs.protocol.random_episode(envs_, horizon)]),
-                                            dtype=torch.float32, device=device))
+            obs_scaling.fit(np.stack([step[0] for step in envs.protocol.random_episode(envs_, horizon)]))
 
-    run_name = f"{args.env_id.replace('/', '_')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else args.run_dir or os.path.join("runs", run_name)
-    run_name, checkpoint_path, eval_path = (os.path.basename(run_dir), os.path.join(run_dir, "checkpoint.pt"),
-                                            os.path.join(run_dir, "eval.json"))
-    os.makedirs(run_dir, exist_ok=True)
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, group=args.wandb_group,
-                   sync_tensorboard=True, config=vars(args), name=run_name, dir=run_dir, save_code=True)
-    # on resume, TensorBoard hides what a killed run logged after its checkpoint, which the resumed run logs again
-    writer = SummaryWriter(run_dir, purge_step=global_step + 1 if resume is not None else None)
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    if resume is not None:
-        print(f"resumed {run_dir} at iteration {start_iteration}, step {global_step}")
+    run = envs.runs.Run(args, SCRIPT, bayes_return, resume)  # its folder, TensorBoard (and wandb), eval.json, Ctrl-C
 
     def save(iteration: int) -> None:
-        progress = {"global_step": global_step, "iteration": iteration, "evaluations": evaluations,
-                    "buffer": buffer.state_dict()}
-        writer.flush()  # what was logged up to the checkpoint survives a kill
-        save_checkpoint(checkpoint_path, modules, optimizers, args, envs_, progress)
+        run.save(modules, optimizers, envs_, {"global_step": global_step, "iteration": iteration,
+                                              "buffer": buffer.state_dict()})
 
     def write_eval(iteration: int, final: bool = False) -> None:
         tick = time.time()
@@ -770,44 +528,8 @@ if __name__ == "__main__":
             args.eval_episodes, consecutive=5 if final else 1, seed=args.seed + 1_000_000,
             episode_returns=final)
         timing["eval"] += time.time() - tick
-        result.update(iteration=iteration, global_step=global_step,
-                      train_time=train_time_before + sum(v for k, v in timing.items() if k != "eval"),
-                      wall_time=wall_time_before + time.time() - start_time,
-                      peak_memory_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # resident set
-        if bayes_return:  # (a reference of 0, e.g. with every reward 0, has no fraction)
-            result["fraction_of_bayes_optimal"] = result["return"] / bayes_return
-        evaluations.append(result)
-        writer.add_scalar("eval/return", result["return"], global_step)
-        writer.add_scalar("charts/peak_memory_mib", result["peak_memory_mib"], global_step)
-        for s, value in enumerate(result["return_per_session"]):
-            writer.add_scalar(f"eval/return_per_session/{s}", value, global_step)
-        for e, value in enumerate(result["consecutive_episode_returns"]):
-            writer.add_scalar(f"eval/consecutive_episode_return/{e}", value, global_step)
-        with open(f"{eval_path}.tmp", "w") as f:
-            json.dump({"args": vars(args), "bayes_optimal_return": bayes_return, "finished": final,
-                       "time": {k: round(v, 2) for k, v in timing.items()}, "evaluations": evaluations}, f, indent=1)
-        os.replace(f"{eval_path}.tmp", eval_path)
-        sessions = " ".join(f"{v:.2f}" for v in result["return_per_session"])
-        print(f"eval  iter {iteration}: return {result['return']:.2f} ± {result['return_std']:.2f}"
-              + (f" ({result['return'] / bayes_return:.1%} of Bayes-optimal)" if bayes_return else "")
-              + f" | per session {sessions}"
-              + (f" | 5 episodes {' '.join(f'{v:.1f}' for v in result['consecutive_episode_returns'])}" if final else ""))
+        run.record(result, iteration, global_step, timing, final)
 
-    # TRY NOT TO MODIFY: a first Ctrl-C finishes the iteration, saves a checkpoint and stops; a second aborts
-    stop_requested = []
-
-    def request_stop(signum, frame):
-        if stop_requested:
-            raise KeyboardInterrupt
-        stop_requested.append(signum)
-        print("\nstopping after this iteration" + (" and saving a checkpoint" if args.save_model else
-              " (no checkpoint: run with --save-model to keep it)") + "; Ctrl-C again aborts", flush=True)
-
-    signal.signal(signal.SIGINT, request_stop)
-    start_time = time.time()
-    train_time_before = evaluations[-1]["train_time"] if evaluations else 0.0
-    wall_time_before = evaluations[-1]["wall_time"] if evaluations else 0.0
-    start_step = global_step
     timing = {"rollout": 0.0, "encoder": 0.0, "ppo": 0.0, "eval": 0.0}
     for iteration in range(start_iteration, num_iterations + 1):
         policy_phase = iteration > encoder_iterations
@@ -857,13 +579,11 @@ if __name__ == "__main__":
                 rewards[t] = torch.as_tensor(reward, dtype=torch.float32, device=device)
                 session_done[t] = torch.as_tensor(info["session_done"], device=device)
                 next_obs_buf[t] = obs_scaling(next_obs)
-                check_finite(iteration, reward=rewards[t], observation=next_obs_buf[t])
+                envs.runs.check_finite(iteration, reward=rewards[t], observation=next_obs_buf[t])
                 state.observe(action_features(action, action_space), rewards[t])
         agent.belief_rms.update(beliefs)
         global_step += policy_batch_size if policy_phase else batch_size
         episode_returns = rewards.sum(0)
-        writer.add_scalar("charts/episodic_return", episode_returns.mean().item(), global_step)
-        writer.add_scalar("charts/episodic_length", horizon, global_step)
         timing["rollout"] += time.time() - tick
 
         # ALGO LOGIC: VAE update with the true session ends (training-time teacher forcing)
@@ -917,51 +637,32 @@ if __name__ == "__main__":
                 actor = [*agent.actor.parameters(), *([agent.actor_logstd] if agent.continuous else [])]  # log-std included
                 actor_norm = nn.utils.clip_grad_norm_(actor, args.max_grad_norm)
                 critic_norm = nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm)
-                check_finite(iteration, policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss,
-                             actor_gradient_norm=actor_norm, critic_gradient_norm=critic_norm)
+                envs.runs.check_finite(iteration, policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss,
+                                       actor_gradient_norm=actor_norm, critic_gradient_norm=critic_norm)
                 optimizer.step()
         timing["ppo"] += time.time() - tick
 
         # TRY NOT TO MODIFY: record losses and progress
         y_pred, y_true = values.flatten().cpu().numpy(), returns.flatten().cpu().numpy()
         explained_var = np.nan if np.var(y_true) == 0 else 1 - np.var(y_true - y_pred) / np.var(y_true)
-        sps = int((global_step - start_step) / (time.time() - start_time))
-        for name, value in {"charts/learning_rate": optimizer.param_groups[0]["lr"], "charts/SPS": sps,
-                            "losses/value_loss": v_loss.item(), "losses/policy_loss": pg_loss.item(),
-                            "losses/entropy": entropy_loss.item(), "losses/approx_kl": approx_kl.item(),
-                            "losses/clipfrac": np.mean(clipfracs), "losses/explained_variance": explained_var,
-                            "losses/vae": loss.item(), **{f"losses/{k}": v.item() for k, v in terms.items()},
-                            **{f"time/{k}": v for k, v in timing.items()}}.items():
-            writer.add_scalar(name, value, global_step)
-        if iteration % args.log_every == 0 or iteration == num_iterations:
-            mean_return = episode_returns.mean().item()
-            print(f"iter {iteration}/{num_iterations} | step {global_step:,} | {sps:,} steps/s | return {mean_return:.2f}"
-                  + (f" ({mean_return / bayes_return:.1%} of Bayes-optimal {bayes_return:.2f})" if bayes_return else "")
-                  + f" | vae {loss.item():.3f}", flush=True)
+        run.log(iteration, num_iterations, global_step, episode_returns.mean().item(), timing, {
+            "charts/learning_rate": optimizer.param_groups[0]["lr"], "losses/value_loss": v_loss.item(),
+            "losses/policy_loss": pg_loss.item(), "losses/entropy": entropy_loss.item(),
+            "losses/approx_kl": approx_kl.item(), "losses/clipfrac": np.mean(clipfracs),
+            "losses/explained_variance": explained_var,
+            "losses/vae": loss.item(), **{f"losses/{k}": v.item() for k, v in terms.items()}}, f" | vae {loss.item():.3f}")
         if args.eval_every and iteration % args.eval_every == 0 and iteration != num_iterations:
             write_eval(iteration)
             if args.save_model:
                 save(iteration)
-        if stop_requested and iteration != num_iterations:
-            if args.save_model:
-                save(iteration)
-                print(f"stopped at iteration {iteration}: continue with --resume {checkpoint_path}")
-            raise SystemExit(130)
+        if run.stop_requested and iteration != num_iterations:  # after a Ctrl-C
+            run.stop(iteration, lambda: save(iteration))
 
     write_eval(num_iterations, final=True)
     if args.capture_video:
         envs.protocol.record_video(args.env_id, eval_env_kwargs, lambda n: GreedyPolicy(
-            n, encoder, agent, obs_scaling, action_space, horizon, args, device), os.path.join(run_dir, "videos"), seed=args.seed)
-    total = sum(timing.values())
-    print("time: " + ", ".join(f"{name} {seconds:.0f}s ({seconds / total:.0%})" for name, seconds in timing.items()))
+            n, encoder, agent, obs_scaling, action_space, horizon, args, device), os.path.join(run.dir, "videos"), seed=args.seed)
     if args.save_model:
         save(num_iterations)
-        print(f"checkpoint: {checkpoint_path}")
-        if args.track:  # the final checkpoint as a wandb artifact of the run
-            artifact = wandb.Artifact(f"{args.exp_name}__{args.env_id.split('/')[-1]}__seed{args.seed}", type="model")
-            artifact.add_file(checkpoint_path)
-            wandb.log_artifact(artifact)
+    run.finish(timing)  # the time split printed; the checkpoint as a wandb artifact; the logs closed
     envs_.close()
-    writer.close()
-    if args.track:
-        wandb.finish()

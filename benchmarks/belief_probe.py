@@ -41,6 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import dynamite_rl as dm
 import envs.protocol
+import envs.runs
 from envs.gridworld import GridworldVectorEnv
 
 
@@ -62,6 +63,8 @@ class Args:
     """episodes the VAE trains on"""
     test_episodes: int = 2000
     """held-out episodes of each behaviour for the probes"""
+    probe_steps: int = 1500
+    """gradient steps of each probe's MLP"""
     seed: int = 1
     """seed of the data, the networks and the probes"""
     run_dir: str = "runs/belief_probe"
@@ -125,7 +128,7 @@ def representation(algo, encoder, algo_args, data):
         return torch.cat(algo.encode_episodes(encoder, obs, actions, rewards, session_done, algo_args, "cpu")[:2], -1)
 
 
-def probe(belief, data, posteriors, seed: int) -> dict:
+def probe(belief, data, posteriors, seed: int, steps: int = 1500) -> dict:
     """R^2 of the exact P(goal 0 pays) from (belief, obs) by an MLP and from the belief alone by least squares,
     fitted on the first half of the episodes and measured on the second; ``belief`` is the representation (H, B, F)."""
     half = belief.shape[1] // 2
@@ -139,7 +142,7 @@ def probe(belief, data, posteriors, seed: int) -> dict:
     net = nn.Sequential(nn.Linear(features.shape[-1], 128), nn.ReLU(),
                         nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 1))
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(1500):
+    for _ in range(steps):
         index = torch.randint(len(x_fit), (1024,))
         loss = ((net((x_fit[index] - center) / spread).squeeze(-1) - y_fit[index]) ** 2).mean()
         optimizer.zero_grad()
@@ -158,12 +161,12 @@ def probe_checkpoints(args: Args) -> dict:
     """The probe of every checkpoint in --checkpoints, one row each, with the final return of its run."""
     rows = []
     for path in args.checkpoints:
-        checkpoint = dm.load_checkpoint(path, "cpu", script=None)
+        checkpoint = envs.runs.load_checkpoint(path, "cpu")
         algo = import_module(checkpoint["header"]["script"][: -len(".py")])
         algo_args = algo.Args(**checkpoint["args"])
         if algo_args.env_id != "dynamite/Gridworld-v0" or not hasattr(algo, "encode_episodes"):
             raise SystemExit(f"error: {path}: the probe needs a Gridworld run of a script with an encoder")
-        env_kwargs, _ = algo.check_args(algo_args)
+        env_kwargs, _ = envs.runs.check_args(algo_args)
         tests = {"explorer": explorer_episodes(args.test_episodes, args.epsilon, args.seed + 1, env_kwargs)[:2],
                  "random": explorer_episodes(args.test_episodes, 1.0, args.seed + 2, env_kwargs)[:2]}
         data = tests["random"][0]
@@ -173,7 +176,7 @@ def probe_checkpoints(args: Args) -> dict:
         row = {"checkpoint": path, "script": checkpoint["header"]["script"],
                "return": round(evaluations[-1]["return"], 2) if evaluations else None}
         for name, (data, posteriors) in tests.items():
-            measured = probe(representation(algo, encoder, algo_args, data), data, posteriors, args.seed)
+            measured = probe(representation(algo, encoder, algo_args, data), data, posteriors, args.seed, args.probe_steps)
             row.update({f"{name}/{k}": round(v, 3) for k, v in measured.items()})
         rows.append(row)
         print(" | ".join(f"{k} {v}" for k, v in row.items()), flush=True)
@@ -206,9 +209,9 @@ def main(args: Args) -> dict:
     algo = import_module(args.script[: -len(".py")])
     vae_args = tyro.cli(algo.Args, args=shlex.split(args.extra))
     vae_args.seed = args.seed
-    env_kwargs, _ = algo.check_args(vae_args)
+    env_kwargs, _ = envs.runs.check_args(vae_args)
     envs_ = envs.protocol.make_vector_env(vae_args.env_id, vae_args.num_envs, env_kwargs)
-    algo.fill_family_defaults(vae_args, envs_)
+    envs.runs.fill_family_defaults(vae_args, envs_)
     if vae_args.env_id != "dynamite/Gridworld-v0":
         raise SystemExit("error: the belief probe needs the Gridworld (its exact posterior is computed here)")
     torch.set_num_threads(vae_args.num_threads)
@@ -238,7 +241,7 @@ def main(args: Args) -> dict:
             row = {"updates": update, "seconds": round(time.time() - start, 1),
                    **{k: round(v.item(), 4) for k, v in terms.items()}}
             for name, (data, posteriors) in tests.items():
-                measured = probe(representation(algo, encoder, vae_args, data), data, posteriors, args.seed)
+                measured = probe(representation(algo, encoder, vae_args, data), data, posteriors, args.seed, args.probe_steps)
                 row.update({f"{name}/{k}": round(v, 3) for k, v in measured.items()})
             rows.append(row)
             print(" | ".join(f"{k} {v}" for k, v in row.items()), flush=True)
@@ -248,13 +251,13 @@ def main(args: Args) -> dict:
         agent = dm.Agent(obs_dim, envs_.single_action_space, vae_args)
         envs_.reset(seed=vae_args.seed)
         os.makedirs(args.run_dir, exist_ok=True)
-        dm.save_checkpoint(os.path.join(args.run_dir, "checkpoint.pt"),
-                           {"encoder": encoder, "decoder": decoder, "prior": prior_net, "agent": agent,
-                            "obs_scaling": dm.ObservationScaling(envs_.single_observation_space)},
-                           {"encoder": vae_optimizer,
-                            "policy": torch.optim.Adam(agent.parameters(), lr=vae_args.learning_rate, eps=1e-5)},
-                           vae_args, envs_, {"global_step": 0, "iteration": 0, "evaluations": [],
-                                             "buffer": dm.EpisodeBuffer(1, horizon, obs_dim, num_actions, "cpu").state_dict()})
+        envs.runs.save_checkpoint(
+            os.path.join(args.run_dir, "checkpoint.pt"), dm.SCRIPT,
+            {"encoder": encoder, "decoder": decoder, "prior": prior_net, "agent": agent,
+             "obs_scaling": dm.ObservationScaling(envs_.single_observation_space)},
+            {"encoder": vae_optimizer, "policy": torch.optim.Adam(agent.parameters(), lr=vae_args.learning_rate, eps=1e-5)},
+            vae_args, envs_, {"global_step": 0, "iteration": 0, "evaluations": [],
+                              "buffer": dm.EpisodeBuffer(1, horizon, obs_dim, num_actions, "cpu").state_dict()})
         print(f"checkpoint for `python dynamite_rl.py --resume`: {args.run_dir}/checkpoint.pt")
     return write_results(args, rows, ["updates", "seconds"])
 

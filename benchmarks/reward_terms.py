@@ -24,6 +24,7 @@ import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import envs.protocol  # registers the environments
+import envs.runs
 
 
 @dataclass
@@ -40,9 +41,7 @@ class Args:
 
 def load(checkpoint_path: str):
     """The script module, its Args and the trained modules of a checkpoint (loaded as data, its header checked)."""
-    import dynamite_rl
-
-    checkpoint = dynamite_rl.load_checkpoint(checkpoint_path, "cpu", script=None)
+    checkpoint = envs.runs.load_checkpoint(checkpoint_path, "cpu")
     script = checkpoint["header"]["script"]
     if script not in ("dynamite_rl.py", "varibad.py"):
         raise SystemExit(f"error: checkpoint {checkpoint_path!r} is one of {script}; this needs dynamite_rl.py or varibad.py")

@@ -25,6 +25,7 @@ import tyro
 
 import dynamite_rl as dm
 import envs.protocol
+import envs.runs
 
 SCHEDULES = {"fixed": {"schedule": "fixed"}, "bernoulli": {"schedule": "bernoulli", "session_prob": 1 / 15},
              "poisson": {"schedule": "poisson", "num_sessions": 4}}
@@ -65,16 +66,16 @@ def random_episodes(env_kwargs: dict, num_episodes: int, seed: int):
 def detection(encoder, args, data) -> dict:
     with torch.no_grad():
         logits = dm.encode_episodes(encoder, data[0], data[1], data[2], data[4], args, "cpu")[2]
-    counts = {"hits": 0, "fired": 0, "ends": 0}
+    counts = envs.protocol.SessionDetection()
     for t in range(1, logits.shape[0]):  # step t against the end of the transition before it
-        dm.count_detections(counts, logits[t], data[4][t - 1])
-    return dm.detection_rates(counts)
+        counts.add(logits[t] > 0, data[4][t - 1])
+    return counts.rates()
 
 
 def main(args: Args) -> dict:
     vae_args = tyro.cli(dm.Args, args=shlex.split(args.extra))
     envs_ = envs.protocol.make_vector_env("dynamite/Gridworld-v0", 1, {})
-    dm.fill_family_defaults(vae_args, envs_)
+    envs.runs.fill_family_defaults(vae_args, envs_)
     torch.set_num_threads(vae_args.num_threads)
     rows, start = [], time.time()
     for name in args.schedules:

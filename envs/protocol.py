@@ -12,6 +12,9 @@ import os
 
 import gymnasium as gym
 import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 
 def parse_env_settings(env_id: str, env_kwargs: str, flag: str = "--env-kwargs") -> dict:
@@ -27,6 +30,75 @@ def parse_env_settings(env_id: str, env_kwargs: str, flag: str = "--env-kwargs")
     if not isinstance(kwargs, dict):
         raise ValueError(f"{flag} must be a JSON object, got {env_kwargs!r}")
     return kwargs
+
+
+# the spaces as the networks see them: observations scaled, actions one-hot or as vectors, and back
+class ObservationScaling(nn.Module):
+    """obs * scale + shift: the finite bounds of the observation space map to [-1, 1]; unbounded dimensions are
+    standardised by statistics fitted once, on uniformly random-action episodes before training, and fixed from
+    then on, so that the encoder, its buffer and the policy always see one scale (checkpoints carry it)."""
+
+    def __init__(self, space: gym.spaces.Box):
+        super().__init__()
+        low, high = space.low.astype(np.float64).ravel(), space.high.astype(np.float64).ravel()
+        finite = np.isfinite(low) & np.isfinite(high) & (high > low)
+        low, high = np.where(finite, low, -1.0), np.where(finite, high, 1.0)  # unbounded dims: identity for now
+        self.register_buffer("scale", torch.as_tensor(2.0 / (high - low), dtype=torch.float32))
+        self.register_buffer("shift", torch.as_tensor(-(high + low) / (high - low), dtype=torch.float32))
+        self.register_buffer("unbounded", torch.as_tensor(~finite))
+
+    def fit(self, observations) -> None:
+        """Standardise the unbounded dimensions by the mean and std of ``observations`` (..., obs_dim)."""
+        observations = torch.as_tensor(observations, dtype=torch.float32, device=self.scale.device)
+        flat = observations.reshape(-1, observations.shape[-1])
+        mean, std = flat.mean(0), flat.std(0).clamp(min=1e-3)
+        self.scale.copy_(torch.where(self.unbounded, 1.0 / std, self.scale))
+        self.shift.copy_(torch.where(self.unbounded, -mean / std, self.shift))
+
+    def forward(self, obs):
+        return torch.as_tensor(obs, dtype=torch.float32, device=self.scale.device) * self.scale + self.shift
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean and variance of a stream of batches (kept as buffers, so checkpoints carry them)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("count", torch.tensor(1e-4))
+
+    def update(self, x):
+        x = x.reshape(-1, x.shape[-1])
+        batch_mean, batch_var, batch_count = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        delta, total = batch_mean - self.mean, self.count + batch_count
+        merged = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        self.var.copy_(merged / total)
+        self.mean.add_(delta * batch_count / total)
+        self.count.copy_(total)
+
+    def normalize(self, x):
+        return ((x - self.mean) / torch.sqrt(self.var + 1e-8)).clamp(-10.0, 10.0)
+
+
+def action_features(action, action_space):
+    """What the networks read of an action: one-hot for Discrete actions, the vector itself for Box ones."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        return F.one_hot(action.long(), int(action_space.n)).float()
+    return action.float()
+
+
+def action_size(action_space) -> int:
+    return int(action_space.n) if isinstance(action_space, gym.spaces.Discrete) else int(np.prod(action_space.shape))
+
+
+def env_action(action, action_space) -> np.ndarray:
+    """The action as the environment takes it; Gaussian samples are clipped to the action bounds."""
+    action = action.cpu().numpy()
+    if isinstance(action_space, gym.spaces.Box):
+        action = np.clip(action, action_space.low, action_space.high)
+    return action
+
 
 
 def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict) -> gym.vector.VectorEnv:
@@ -143,11 +215,29 @@ def random_episode(vector_env, episode_horizon: int) -> list[tuple]:
     return steps
 
 
+class SessionDetection:
+    """How a method's detected session ends compare with the true ones, counted step by step: at step t, whether
+    the transition before it ended a session (``info["session_done"]`` of step t - 1). Precision and recall are at
+    the exact step (NaN where there is nothing to divide by)."""
+
+    def __init__(self):
+        self.hits, self.fired, self.ends = 0, 0, 0
+
+    def add(self, detected, true_end) -> None:
+        self.hits += int((detected & true_end).sum())
+        self.fired, self.ends = self.fired + int(detected.sum()), self.ends + int(true_end.sum())
+
+    def rates(self) -> dict:
+        return {"precision": self.hits / self.fired if self.fired else float("nan"),
+                "recall": self.hits / self.ends if self.ends else float("nan")}
+
+
 def evaluate(env_id: str, env_kwargs: dict, make_policy, num_episodes: int, consecutive: int = 1,
              seed: int = 0, episode_returns: bool = False) -> dict:
     """Greedy returns: mean and per session over ``num_episodes`` episodes, then ``consecutive`` episodes back to
     back in the same task (goals kept, the latent's dynamics and whatever the policy carries go on); with
-    ``episode_returns`` also the return of each of the first episodes (for box plots)."""
+    ``episode_returns`` also the return of each of the first episodes (for box plots); for a policy that detects
+    session ends and counts them in a :class:`SessionDetection` ``detections``, their precision and recall."""
     eval_envs = make_vector_env(env_id, num_episodes, env_kwargs)
     episode_horizon = horizon(eval_envs)
     policy = make_policy(num_episodes)
@@ -176,6 +266,7 @@ def evaluate(env_id: str, env_kwargs: dict, make_policy, num_episodes: int, cons
         "consecutive_episode_returns": consecutive_returns,
         "episodes": num_episodes,
         **({"episode_returns": first_return.tolist()} if episode_returns else {}),
+        **({"session_detection": policy.detections.rates()} if hasattr(policy, "detections") else {}),
     }
 
 

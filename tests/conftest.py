@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import envs.protocol
+import envs.runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +34,7 @@ def discrete_args(module, **overrides):
     """``module.Args(**overrides)`` with the settings left to the environment family filled in as the scripts
     fill them for the Gridworld (discrete actions)."""
     args = module.Args(**overrides)
-    for name, value in module.FAMILY_DEFAULTS["discrete"].items():
+    for name, value in envs.runs.FAMILY_DEFAULTS["discrete"].items():
         if getattr(args, name, False) is None:
             setattr(args, name, value)
     if getattr(args, "state_decoder", False) is None:

@@ -32,6 +32,7 @@ def test_every_method_of_the_comparison_starts_with_a_command_line_its_script_ac
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one local Ray cluster at a time
 def test_gridworld_comparison_writes_table_and_plots_and_does_not_redo_finished_runs(tmp_path, capsys):
     """The command trains the methods (baselines and ablations: both panels of the plots); run again (here, in this
     process) it redoes nothing, --report-only writes the same table from the runs, and a folder without finished runs
@@ -79,7 +80,7 @@ def test_the_belief_probe_posterior_is_the_exact_bayesian_posterior():
 
 @pytest.mark.slow
 def test_the_belief_probe_writes_results_and_a_checkpoint_dynamite_rl_resumes(tmp_path):
-    belief_probe.main(belief_probe.Args(updates=4, probe_every=4, train_episodes=64, test_episodes=40,
+    belief_probe.main(belief_probe.Args(updates=4, probe_every=4, train_episodes=64, test_episodes=40, probe_steps=50,
                                         run_dir=str(tmp_path / "run"), output=str(tmp_path / "probe"),
                                         extra="--num-envs 8 --num-minibatches 2 --eval-episodes 16"))
     assert (tmp_path / "probe.md").read_text().count("\n| ") == 2  # header and update 4
@@ -92,7 +93,7 @@ def test_the_belief_probe_writes_results_and_a_checkpoint_dynamite_rl_resumes(tm
 @pytest.mark.slow
 def test_the_belief_probe_trains_and_probes_contrabars_history_summary(tmp_path):
     result = belief_probe.main(belief_probe.Args(script="contrabar.py", updates=4, probe_every=4, train_episodes=64,
-                                                 test_episodes=40, output=str(tmp_path / "probe"),
+                                                 test_episodes=40, probe_steps=50, output=str(tmp_path / "probe"),
                                                  extra="--num-envs 8 --num-minibatches 2 --eval-episodes 16"))
     assert [row["updates"] for row in result["rows"]] == [4] and "infonce" in result["rows"][0]
     assert all(np.isfinite(result["rows"][0][f"{name}/mlp_belief_obs"]) for name in ("explorer", "random"))
@@ -103,7 +104,7 @@ def test_the_belief_probe_trains_and_probes_contrabars_history_summary(tmp_path)
 @pytest.mark.parametrize("script", ["contrabar.py"])  # (dynamite_rl.py's representation: the probe's own training)
 def test_the_belief_probe_probes_the_encoder_of_a_finished_run(script, finished_run, tmp_path):
     checkpoint = os.path.join(finished_run(script), "checkpoint.pt")
-    result = belief_probe.main(belief_probe.Args(checkpoints=[checkpoint], test_episodes=40,
+    result = belief_probe.main(belief_probe.Args(checkpoints=[checkpoint], test_episodes=40, probe_steps=50,
                                                  output=str(tmp_path / "probe")))
     (row,) = result["rows"]
     assert row["script"] == script and row["return"] == json.load(
@@ -170,6 +171,7 @@ def tracked_reacher_comparison(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one local Ray cluster at a time
 def test_the_comparison_runs_on_a_mujoco_environment_without_gridworld_references(tracked_reacher_comparison):
     table = (tracked_reacher_comparison / "reacher.md").read_text()
     assert table.startswith("# Reacher benchmark")
@@ -181,6 +183,7 @@ def test_the_comparison_runs_on_a_mujoco_environment_without_gridworld_reference
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")  # one local Ray cluster at a time
 def test_tracked_runs_log_offline_to_one_wandb_run_each_with_the_comparison_s_group(tracked_reacher_comparison):
     """Every script's --track, as a comparison starts it: one offline wandb run with the group, the tags, and the final
     checkpoint as an artifact."""

@@ -12,6 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import dynamite_rl as dm
+import envs.protocol
 from conftest import TINY, discrete_args, greedy_episode, run_script
 
 # two episodes of H = 6 steps, sessions by step: [0 0 0 1 1 1] and [0 0 1 1 1 2]
@@ -106,12 +107,12 @@ def test_termination_loss_is_the_cross_entropy_of_each_step_against_the_end_of_t
 
 
 def test_detection_counts_give_precision_and_recall_at_the_exact_step():
-    counts = {"hits": 0, "fired": 0, "ends": 0}
-    dm.count_detections(counts, torch.tensor([3.0, -1.0, 2.0, -2.0]), torch.tensor([True, True, False, False]))
-    dm.count_detections(counts, torch.tensor([1.0, 1.0, -1.0, -1.0]), torch.tensor([True, False, False, False]))
-    assert counts == {"hits": 2, "fired": 4, "ends": 3}
-    assert dm.detection_rates(counts) == {"precision": 0.5, "recall": 2 / 3}
-    assert all(np.isnan(v) for v in dm.detection_rates({"hits": 0, "fired": 0, "ends": 0}).values())
+    counts = envs.protocol.SessionDetection()
+    counts.add(torch.tensor([3.0, -1.0, 2.0, -2.0]) > 0, torch.tensor([True, True, False, False]))
+    counts.add(torch.tensor([1.0, 1.0, -1.0, -1.0]) > 0, torch.tensor([True, False, False, False]))
+    assert (counts.hits, counts.fired, counts.ends) == (2, 4, 3)
+    assert counts.rates() == {"precision": 0.5, "recall": 2 / 3}
+    assert all(np.isnan(v) for v in envs.protocol.SessionDetection().rates().values())
 
 
 def test_reconstruction_ignores_masked_out_targets():

@@ -14,6 +14,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import envs.gridworld
+import envs.runs
 from conftest import PHASE_FLAG, ROOT, SCRIPTS, TINY, run_script
 
 
@@ -225,10 +226,7 @@ def test_resume_takes_the_settings_of_the_checkpoint_and_extends_only_what_it_is
 
 @pytest.mark.slow
 def test_a_checkpoint_resumes_on_the_device_it_is_loaded_to(checkpoint, script):
-    import importlib
-
-    algo = importlib.import_module(script[:-3])
-    loaded = algo.load_checkpoint(checkpoint, torch.device("meta"))  # as a GPU's would on the CPU
+    loaded = envs.runs.load_checkpoint(checkpoint, torch.device("meta"), script)  # as a GPU's would on the CPU
     assert loaded["modules"]["agent"][next(iter(loaded["modules"]["agent"]))].device.type == "meta"
 
 

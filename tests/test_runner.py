@@ -10,7 +10,7 @@ import pytest
 from benchmarks import compare
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow  # every test here trains
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]  # every test here trains, on a local Ray cluster
 
 
 def test_a_failing_run_is_reported_by_name_and_the_others_finish_to_the_table(tmp_path, capsys):

@@ -17,6 +17,7 @@ from torch.distributions import Normal, kl_divergence
 import contrabar
 import dynamite_rl
 import envs.protocol
+import envs.runs
 import rl2
 import varibad
 from conftest import FINISHED, PHASE_FLAG, SCRIPTS, TINY, VAE_SCRIPTS, discrete_args, run_script
@@ -185,12 +186,12 @@ def test_the_reward_decoder_reads_the_state_the_transition_lands_in(vae_algo):
 def test_unset_settings_take_their_environment_family_value_and_given_ones_stay(algo, env_id, expected):
     envs_ = envs.protocol.make_vector_env(env_id, 1, {})
     args = algo.Args(env_id=env_id)
-    algo.fill_family_defaults(args, envs_)
+    envs.runs.fill_family_defaults(args, envs_)
     for name, value in expected.items():
         if hasattr(args, name):
             assert getattr(args, name) == value, name
     given = algo.Args(env_id=env_id, ent_coef=0.3)
-    algo.fill_family_defaults(given, envs_)
+    envs.runs.fill_family_defaults(given, envs_)
     assert given.ent_coef == 0.3
     envs_.close()
 
