@@ -237,7 +237,8 @@ def evaluate(env_id: str, env_kwargs: dict, make_policy, num_episodes: int, cons
     """Greedy returns: mean and per session over ``num_episodes`` episodes, then ``consecutive`` episodes back to
     back in the same task (goals kept, the latent's dynamics and whatever the policy carries go on); with
     ``episode_returns`` also the return of each of the first episodes (for box plots); for a policy that detects
-    session ends and counts them in a :class:`SessionDetection` ``detections``, their precision and recall."""
+    session ends and counts them in a :class:`SessionDetection` ``detections``, their precision and recall over the
+    first episodes (those of the returns)."""
     eval_envs = make_vector_env(env_id, num_episodes, env_kwargs)
     episode_horizon = horizon(eval_envs)
     policy = make_policy(num_episodes)
@@ -258,6 +259,7 @@ def evaluate(env_id: str, env_kwargs: dict, make_policy, num_episodes: int, cons
         consecutive_returns.append(float(total.mean()))
         if episode == 0:
             first_return, per_session = total, session_returns[:, :num_sessions].mean(0).tolist()
+            detection = policy.detections.rates() if hasattr(policy, "detections") else None  # of these episodes
     eval_envs.close()
     return {
         "return": float(first_return.mean()),
@@ -266,7 +268,7 @@ def evaluate(env_id: str, env_kwargs: dict, make_policy, num_episodes: int, cons
         "consecutive_episode_returns": consecutive_returns,
         "episodes": num_episodes,
         **({"episode_returns": first_return.tolist()} if episode_returns else {}),
-        **({"session_detection": policy.detections.rates()} if hasattr(policy, "detections") else {}),
+        **({"session_detection": detection} if detection is not None else {}),
     }
 
 

@@ -143,6 +143,32 @@ def test_evaluating_a_policy_that_never_moves_gives_the_step_reward_in_every_ses
     assert policy.steps == list(range(60)) * 3 and len(policy.rewards) == 180
 
 
+class DetectingPolicy(FixedPolicy):
+    """Detects a session end at every step of the first episode after the first 15 and at no step after it."""
+
+    def __init__(self, actions):
+        super().__init__(actions)
+        self.detections, self.true_end = protocol.SessionDetection(), None
+
+    def act(self, obs, t):
+        if self.true_end is not None:
+            self.detections.add(np.full(len(self.true_end), len(self.steps) < 60 and t >= 15), self.true_end)
+        return super().act(obs, t)
+
+    def observe(self, rewards, info):
+        super().observe(rewards, info)
+        self.true_end = info["session_done"]
+
+
+def test_session_detection_is_measured_on_the_first_episodes_as_the_return_is():
+    """Fixed sessions of 15: in the first episode, steps 15..59 all fire and the true ends (after steps 14, 29 and
+    44) are found at 15, 30 and 45: precision 3 / 45, recall 1; the consecutive episodes that follow do not count."""
+    policy = DetectingPolicy(np.zeros((60, 8), dtype=np.int64))
+    result = protocol.evaluate(GRIDWORLD, {}, lambda n: policy, 8, consecutive=3)
+    assert result["session_detection"] == {"precision": pytest.approx(3 / 45), "recall": 1.0}
+    assert "session_detection" not in protocol.evaluate(GRIDWORLD, {}, lambda n: FixedPolicy(np.zeros((60, 8), dtype=np.int64)), 8)
+
+
 @pytest.mark.parametrize("env_kwargs", [{"schedule": "bernoulli", "session_prob": 0.1},
                                         {"schedule": "poisson", "num_sessions": 5}])
 def test_the_return_per_session_sums_each_episode_s_rewards_by_its_info_session(env_kwargs):
