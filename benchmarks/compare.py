@@ -192,7 +192,22 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
         note = (f"Bayes-optimal {bayes:.3f} (per session {bayes_sessions}); best without memory across sessions "
                 f"{memoryless:.3f} ({reference['memoryless']['per_session'][0]:.2f} in every session); {note}")
     lines += ["", note, "", "Final return of each seed:", "", *per_seed]
+    heads = [(METHODS[m][0], detection_summary([r["evaluations"][-1] for r in runs])) for m, runs in results.items()]
+    if any(summary for _, summary in heads):  # the methods that detect session ends themselves
+        lines += ["", "Session ends found by the termination head in the final evaluation (at the exact step, and the "
+                  "mean delay of those found late), mean over seeds:", "",
+                  *[f"- {label}: {summary}" for label, summary in heads if summary]]
     return lines
+
+
+def detection_summary(finals: list[dict]) -> str:
+    """How a method's termination head found the true session ends in the final evaluations (mean over seeds):
+    precision and recall at the exact step, and the delay of the ends found late; "" for a method without one."""
+    found = [f["session_detection"] for f in finals if "session_detection" in f]
+    if not found:
+        return ""
+    mean = {k: np.nanmean([d.get(k, np.nan) for d in found]) for k in ("precision", "recall", "delay")}
+    return f"precision {mean['precision']:.2f}, recall {mean['recall']:.2f}, {mean['delay']:.1f} steps late"
 
 
 def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:

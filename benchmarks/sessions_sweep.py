@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmarks.compare import GRIDWORLD, METHODS, env_name, save, write_report
+from benchmarks.compare import GRIDWORLD, METHODS, detection_summary, env_name, save, write_report
 from benchmarks.runner import Run, run_all
 
 
@@ -143,13 +143,16 @@ def summarize(args: Args, results, reference) -> list[str]:
             means = np.array([f["return"] for f in finals])
             rollouts = np.concatenate([f.get("episode_returns", []) for f in finals])
             median = f", median {np.median(rollouts):.2f}" if len(rollouts) else ""
-            cells.append(f"{means.mean():.2f} ± {means.std():.2f} ({len(finals)} seeds{median})")
+            head = detection_summary(finals)
+            cells.append(f"{means.mean():.2f} ± {means.std():.2f} ({len(finals)} seeds{median}"
+                         + (f"; head: {head})" if head else ")"))
         if reference:
             ref = reference.get(k)
             cells += [f"{ref['bayes']:.2f}", f"{ref['memoryless']:.2f}"] if ref else ["–", "–"]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines += ["", f"Each cell: the final greedy return over {args.eval_episodes} rollouts, mean ± std over seeds, and "
-                  "the median of all the rollouts of its seeds (the box's line)."]
+                  "the median of all the rollouts of its seeds (the box's line); for DynaMITE-RL, how its termination "
+                  "head found the true session ends (precision and recall at the exact step, mean delay of late finds)."]
     return lines
 
 

@@ -218,18 +218,31 @@ def random_episode(vector_env, episode_horizon: int) -> list[tuple]:
 class SessionDetection:
     """How a method's detected session ends compare with the true ones, counted step by step: at step t, whether
     the transition before it ended a session (``info["session_done"]`` of step t - 1). Precision and recall are at
-    the exact step (NaN where there is nothing to divide by)."""
+    the exact step; the delay is the mean number of steps by which an end is found late, over the ends found before
+    the next one (0 for those found at the exact step); NaN where there is nothing to divide by."""
 
     def __init__(self):
-        self.hits, self.fired, self.ends = 0, 0, 0
+        self.hits, self.fired, self.ends, self.found, self.delays = 0, 0, 0, 0, 0
+        self.waiting = None  # per environment: steps since a true end not found yet, or -1
 
     def add(self, detected, true_end) -> None:
+        detected, true_end = np.asarray(torch.as_tensor(detected).cpu()), np.asarray(torch.as_tensor(true_end).cpu())
         self.hits += int((detected & true_end).sum())
         self.fired, self.ends = self.fired + int(detected.sum()), self.ends + int(true_end.sum())
+        if self.waiting is None:
+            self.waiting = np.full(len(true_end), -1)
+        late = (self.waiting >= 0) & detected & ~true_end  # an earlier end, found now
+        self.found, self.delays = self.found + int(late.sum()), self.delays + int(self.waiting[late].sum())
+        self.waiting[late] = -1
+        self.found += int((true_end & detected).sum())
+        self.waiting[true_end & ~detected] = 0  # (an end still waiting when the next comes is never found)
+        self.waiting[true_end & detected] = -1
+        self.waiting[self.waiting >= 0] += 1
 
     def rates(self) -> dict:
         return {"precision": self.hits / self.fired if self.fired else float("nan"),
-                "recall": self.hits / self.ends if self.ends else float("nan")}
+                "recall": self.hits / self.ends if self.ends else float("nan"),
+                "delay": self.delays / self.found if self.found else float("nan")}
 
 
 def evaluate(env_id: str, env_kwargs: dict, make_policy, num_episodes: int, consecutive: int = 1,

@@ -6,13 +6,11 @@ import itertools
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import dynamite_rl as dm
-import envs.protocol
 from conftest import TINY, discrete_args, greedy_episode, run_script
 
 # two episodes of H = 6 steps, sessions by step: [0 0 0 1 1 1] and [0 0 1 1 1 2]
@@ -104,15 +102,6 @@ def test_termination_loss_is_the_cross_entropy_of_each_step_against_the_end_of_t
     p, before = torch.sigmoid(logits[1:]), done[:-1]
     expected = -(before * p.log() + (~before) * (1 - p).log()).mean()
     torch.testing.assert_close(dm.termination_loss(logits, done), expected)
-
-
-def test_detection_counts_give_precision_and_recall_at_the_exact_step():
-    counts = envs.protocol.SessionDetection()
-    counts.add(torch.tensor([3.0, -1.0, 2.0, -2.0]) > 0, torch.tensor([True, True, False, False]))
-    counts.add(torch.tensor([1.0, 1.0, -1.0, -1.0]) > 0, torch.tensor([True, False, False, False]))
-    assert (counts.hits, counts.fired, counts.ends) == (2, 4, 3)
-    assert counts.rates() == {"precision": 0.5, "recall": 2 / 3}
-    assert all(np.isnan(v) for v in envs.protocol.SessionDetection().rates().values())
 
 
 def test_reconstruction_ignores_masked_out_targets():

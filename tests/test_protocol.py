@@ -143,6 +143,22 @@ def test_evaluating_a_policy_that_never_moves_gives_the_step_reward_in_every_ses
     assert policy.steps == list(range(60)) * 3 and len(policy.rewards) == 180
 
 
+def test_session_detection_counts_precision_and_recall_at_the_exact_step_and_the_delay_of_late_finds():
+    counts = protocol.SessionDetection()
+    counts.add(torch.tensor([3.0, -1.0, 2.0, -2.0]) > 0, torch.tensor([True, True, False, False]))
+    counts.add(torch.tensor([1.0, 1.0, -1.0, -1.0]) > 0, torch.tensor([True, False, False, False]))
+    assert (counts.hits, counts.fired, counts.ends) == (2, 4, 3)
+    assert counts.rates()["precision"] == 0.5 and counts.rates()["recall"] == 2 / 3
+    assert all(np.isnan(v) for v in protocol.SessionDetection().rates().values())
+    # two environments, steps A..E: env 0 finds its end at once; env 1 finds its first two steps late, misses the
+    # next one (another end comes first) and is still waiting for the last
+    counts, no, yes = protocol.SessionDetection(), np.array([False, False]), np.array([True, True])
+    for detected, true_end in [(np.array([True, False]), yes), (no, no), (np.array([False, True]), no),
+                               (np.array([True, False]), np.array([False, True])), (no, np.array([False, True]))]:
+        counts.add(detected, true_end)
+    assert counts.rates() == {"precision": 1 / 3, "recall": 1 / 4, "delay": 1.0}  # delays 0 and 2
+
+
 class DetectingPolicy(FixedPolicy):
     """Detects a session end at every step of the first episode after the first 15 and at no step after it."""
 
@@ -165,7 +181,7 @@ def test_session_detection_is_measured_on_the_first_episodes_as_the_return_is():
     44) are found at 15, 30 and 45: precision 3 / 45, recall 1; the consecutive episodes that follow do not count."""
     policy = DetectingPolicy(np.zeros((60, 8), dtype=np.int64))
     result = protocol.evaluate(GRIDWORLD, {}, lambda n: policy, 8, consecutive=3)
-    assert result["session_detection"] == {"precision": pytest.approx(3 / 45), "recall": 1.0}
+    assert result["session_detection"] == {"precision": pytest.approx(3 / 45), "recall": 1.0, "delay": 0.0}
     assert "session_detection" not in protocol.evaluate(GRIDWORLD, {}, lambda n: FixedPolicy(np.zeros((60, 8), dtype=np.int64)), 8)
 
 

@@ -44,8 +44,10 @@ def test_the_report_reads_the_rollouts_of_the_finished_runs(tmp_path):
                 folder = tmp_path / "runs" / f"K{k}" / method / f"seed{seed}"
                 folder.mkdir(parents=True)
                 rollouts = rng.normal(40 - k, 3, 25).tolist()
-                json.dump({"finished": finished, "evaluations": [
-                    {"return": float(np.mean(rollouts)), "episode_returns": rollouts}]}, open(folder / "eval.json", "w"))
+                final = {"return": float(np.mean(rollouts)), "episode_returns": rollouts}
+                if method == "dynamite":  # its termination head's finds: mean over seeds 0.75 recall, 1 step late
+                    final["session_detection"] = {"precision": 1.0, "recall": 0.5 * seed, "delay": 2.0 * (seed - 1)}
+                json.dump({"finished": finished, "evaluations": [final]}, open(folder / "eval.json", "w"))
     output = tmp_path / "docs" / "sweep"
     sweep.main(sweep.Args(sessions=[1, 4], methods=["dynamite", "varibad"], seeds=[1, 2], report_only=True,
                           runs_dir=str(tmp_path / "runs"), output=str(output)))
@@ -54,4 +56,5 @@ def test_the_report_reads_the_rollouts_of_the_finished_runs(tmp_path):
     row = next(line for line in table.split("\n") if line.startswith("| 4 |"))
     assert "(2 seeds, median" in row.split("|")[2] and "(1 seeds, median" in row.split("|")[3]  # unfinished: left out
     assert "47.37" in row and "46.28" in row  # the exact references of K = 4
+    assert "head: precision 1.00, recall 0.75, 1.0 steps late" in row.split("|")[2] and "head" not in row.split("|")[3]
     assert (tmp_path / "docs" / "sweep.png").stat().st_size > 10_000
