@@ -206,8 +206,10 @@ def detection_summary(finals: list[dict]) -> str:
     found = [f["session_detection"] for f in finals if "session_detection" in f]
     if not found:
         return ""
-    mean = {k: np.nanmean([d.get(k, np.nan) for d in found]) for k in ("precision", "recall", "delay")}
-    return f"precision {mean['precision']:.2f}, recall {mean['recall']:.2f}, {mean['delay']:.1f} steps late"
+    values = {k: [d[k] for d in found if np.isfinite(d.get(k, np.nan))] for k in ("precision", "recall", "delay")}
+    mean = {k: float(np.mean(v)) if v else float("nan") for k, v in values.items()}
+    late = f", {mean['delay']:.1f} steps late" if np.isfinite(mean["delay"]) else ""
+    return f"precision {mean['precision']:.2f}, recall {mean['recall']:.2f}{late}"
 
 
 def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
