@@ -577,8 +577,11 @@ class GreedyPolicy:
     @torch.no_grad()
     def act(self, obs, t: int) -> np.ndarray:
         obs = self.obs_scaling(obs)
-        self.mean, self.logvar, logit, _ = self.state.encode(self.encoder, obs,
-                                                            self.true_end if self.args.oracle_sessions else None)
+        # the head finds ends within an episode; a new episode of the consecutive protocol starts a session, and the
+        # agent sees the reset
+        known = torch.ones(len(obs), dtype=torch.bool, device=self.device) if t == 0 else \
+            self.true_end if self.args.oracle_sessions else None
+        self.mean, self.logvar, logit, _ = self.state.encode(self.encoder, obs, known)
         if self.true_end is not None:
             self.detections.add(logit > 0, self.true_end)
         inputs = policy_input(self.agent, obs, t, self.horizon, self.mean, self.logvar, self.args)

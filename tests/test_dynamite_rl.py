@@ -11,6 +11,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import dynamite_rl as dm
+import envs.protocol
 from conftest import TINY, discrete_args, greedy_episode, run_script
 
 # two episodes of H = 6 steps, sessions by step: [0 0 0 1 1 1] and [0 0 1 1 1 2]
@@ -298,6 +299,32 @@ def test_a_session_end_is_found_after_the_fact_by_the_head_or_given_by_the_true_
         assert ended.tolist() == expected
         expected_belief = torch.where(torch.tensor(expected)[:, None], last, torch.zeros_like(last))
         torch.testing.assert_close(state.prev_session_belief, expected_belief)  # the ended session's last belief
+
+
+def test_a_new_episode_of_the_consecutive_protocol_starts_a_session_even_where_the_head_never_fires():
+    """The agent sees the reset: the next episode of the same task conditions on the last belief of the one before,
+    the first episode on nothing."""
+    args = discrete_args(dm, latent_dim=3)
+    envs_ = envs.protocol.make_vector_env("dynamite/Gridworld-v0", 4, {})
+    space, horizon = envs_.single_action_space, envs.protocol.horizon(envs_)
+    encoder = dm.Encoder(envs_.single_observation_space.shape[0], dm.action_size(space), args)
+    with torch.no_grad():
+        encoder.termination[-1].weight.zero_()
+        encoder.termination[-1].bias.fill_(-30.0)  # the head never fires
+    scaling = dm.ObservationScaling(envs_.single_observation_space)
+    agent = dm.Agent(envs_.single_observation_space.shape[0], space, args)
+    policy = dm.GreedyPolicy(4, encoder, agent, scaling, space, horizon, args, "cpu")
+    obs, _ = envs_.reset(seed=0)
+    for t in range(horizon):
+        policy.act(obs, t)
+        assert not policy.state.prev_session_belief.any()  # no end found within the episode
+        obs, reward, _, _, info = envs_.step(dm.env_action(policy.action, space))
+        policy.observe(reward, info)
+    last = torch.cat([policy.mean, policy.logvar], -1)
+    obs, _ = envs_.reset(options={"keep_task": True})
+    policy.act(obs, 0)
+    torch.testing.assert_close(policy.state.prev_session_belief, last)
+    envs_.close()
 
 
 def test_teacher_forcing_conditions_each_session_on_the_final_belief_of_the_one_before():
