@@ -162,6 +162,8 @@ class Args:
     """at rollout time use the true session terminations instead of the termination head"""
     session_encoder: bool = False
     """reset the GRU at each session end: the previous belief is the only memory (README)"""
+    session_clock: bool = True
+    """also train a linear head on h_t to predict d_t, "this step ends the session" (not used to find ends; README)"""
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -196,6 +198,7 @@ class Encoder(nn.Module):
         self.belief_mean = nn.Linear(args.gru_hidden, belief_size(args))
         self.belief_logvar = nn.Linear(args.gru_hidden, belief_size(args))
         self.termination = mlp(args.gru_hidden + 3 * args.embed_dim, args.decoder_hidden, 1, out_std=1.0)
+        self.clock = nn.Linear(args.gru_hidden, 1) if args.session_clock else None
         self.conditioning = args.conditioning
 
     def embed(self, prev_actions, rewards, obs):
@@ -468,7 +471,7 @@ class BeliefState:
 def encode_episodes(encoder, obs, actions_onehot, rewards, session_done, args, device):
     """Teacher-forced pass over episodes (H, B, ...), the true session ends driving the conditioning: BeliefState's
     beliefs, one fused GRU call per stretch without a session change. Returns (means, logvars, termination logits,
-    the previous session's belief of each step)."""
+    the previous session's belief of each step, the --session-clock logits or None)."""
     horizon, num_envs = rewards.shape
     state = BeliefState(num_envs, actions_onehot.shape[-1], args, device)
     prev_actions = torch.cat([state.prev_action[None], actions_onehot[:-1]])
@@ -487,14 +490,16 @@ def encode_episodes(encoder, obs, actions_onehot, rewards, session_done, args, d
     hiddens = torch.cat(hiddens)  # the GRU state after each step, before any reset
     logits = encoder.termination_logit(torch.cat([torch.zeros_like(hiddens[:1]), hiddens[:-1]]), prev_actions,
                                        prev_rewards, obs)
-    return torch.cat(means), torch.cat(logvars), logits, torch.cat(prev_session_beliefs)
+    clock = encoder.clock(hiddens).squeeze(-1) if args.session_clock else None  # step t: does t end a session?
+    return torch.cat(means), torch.cat(logvars), logits, torch.cat(prev_session_beliefs), clock
 
 
 def vae_loss(encoder, decoder, prior_net, batch, args, device):
     """The DynaMITE-RL objective (paper eq. 6) on a batch of episodes; returns (loss, dict of terms). With all three
     components off it is VariBAD's objective plus the termination head's cross-entropy."""
     obs, actions_onehot, rewards, next_obs, session_done = batch
-    means, logvars, logits, prev_beliefs = encode_episodes(encoder, obs, actions_onehot, rewards, session_done, args, device)
+    means, logvars, logits, prev_beliefs, clock = encode_episodes(encoder, obs, actions_onehot, rewards, session_done,
+                                                                  args, device)
     horizon, num_envs = rewards.shape
     if args.decode_beliefs >= horizon:
         belief_steps = torch.arange(horizon, device=device)
@@ -508,7 +513,11 @@ def vae_loss(encoder, decoder, prior_net, batch, args, device):
         "kl": kl_loss(means, logvars, session_done, encoder.prior(num_envs), latent_prior(args, device), dynamics_prior),
         "termination": termination_loss(logits, session_done),
     }
-    loss = terms["reconstruction"] + args.kl_weight * terms["kl"] + args.termination_weight * terms["termination"]
+    termination = terms["termination"]
+    if clock is not None:  # predicting the end before the transition: on a fixed schedule the GRU has to count
+        terms["session_clock"] = F.binary_cross_entropy_with_logits(clock, session_done.float())
+        termination = termination + terms["session_clock"]
+    loss = terms["reconstruction"] + args.kl_weight * terms["kl"] + args.termination_weight * termination
     if args.consistency:
         terms["consistency"] = consistency_loss(means, logvars, session_done)
         loss = loss + args.consistency_weight * terms["consistency"]

@@ -168,6 +168,10 @@ def load_checkpoint(path: str, device, script: str | None = None) -> dict:
 def resume_args(args, checkpoint: dict):
     """``args`` parsed with the checkpoint's settings as defaults: only those in RESUMABLE may differ (printed)."""
     saved = checkpoint["args"]
+    missing = [name for name in asdict(args) if name not in saved]
+    if missing:
+        raise SystemExit(f"error: --resume {args.resume!r} was written by an older version of the script, which had no "
+                         f"{', '.join('--' + n.replace('_', '-') for n in missing)}: this version cannot continue it")
     changed = {name: value for name, value in asdict(args).items() if name != "resume" and value != saved[name]}
     if "env_id" in changed:
         raise SystemExit(f"error: --resume {args.resume!r} is a run on {saved['env_id']}, not on --env-id {args.env_id}")

@@ -173,10 +173,10 @@ def test_no_consistency_removes_exactly_the_weighted_consistency_term():
     nets, batch = networks(on), random_batch()
     loss_on, terms_on = dm.vae_loss(*nets, batch, on, "cpu")
     loss_off, terms_off = dm.vae_loss(*nets, batch, off, "cpu")
-    means, logvars, _, _ = dm.encode_episodes(nets[0], *batch[:3], batch[4], on, "cpu")
+    means, logvars, *_ = dm.encode_episodes(nets[0], *batch[:3], batch[4], on, "cpu")
     torch.testing.assert_close(terms_on["consistency"], dm.consistency_loss(means, logvars, batch[4]))
     assert terms_on["consistency"] > 0, "the batch must have a consistency penalty to remove"
-    assert set(terms_off) == {"reconstruction", "kl", "termination"}
+    assert set(terms_off) == {"reconstruction", "kl", "termination", "session_clock"}
     assert_same_terms(terms_off, terms_on, terms_off)
     assert torch.equal(loss_on, loss_off + on.consistency_weight * terms_on["consistency"])
 
@@ -189,7 +189,7 @@ def test_no_session_recon_makes_every_belief_reconstruct_the_whole_episode():
     loss_on, terms_on = dm.vae_loss(*nets, batch, on, "cpu")
     loss_off, terms_off = dm.vae_loss(*nets, batch, off, "cpu")
     obs, actions, rewards, next_obs, done = batch
-    means, logvars, _, _ = dm.encode_episodes(nets[0], obs, actions, rewards, done, on, "cpu")
+    means, logvars, *_ = dm.encode_episodes(nets[0], obs, actions, rewards, done, on, "cpu")
 
     def reconstruction(mask):
         return dm.reconstruction_loss(nets[1], means, logvars, obs, actions, rewards, next_obs, done, mask,
@@ -223,7 +223,7 @@ def test_no_conditioning_removes_the_previous_session_belief_and_the_kl_chain_go
     # and the KL: the latent-dynamics prior at a later session's start with conditioning; without, the belief
     # before it, as within a session (one change: the input goes, the chain of beliefs stays as VariBAD's)
     for encoder, args in ((encoder_off, off), (encoder_on, on)):
-        means, logvars, _, prev = dm.encode_episodes(encoder, obs, actions, rewards, done, args, "cpu")
+        means, logvars, _, prev, _ = dm.encode_episodes(encoder, obs, actions, rewards, done, args, "cpu")
         kl = dm.vae_loss(encoder, decoder, prior_net, batch, args, "cpu")[1]["kl"]
         start = (encoder.prior(2), dm.latent_prior(args))
         chain = dm.kl_loss(means, logvars, done, *start)
@@ -235,9 +235,11 @@ def test_no_conditioning_removes_the_previous_session_belief_and_the_kl_chain_go
 
 
 def test_with_all_three_components_off_the_objective_is_varibads_plus_the_termination_cross_entropy():
+    """(the session clock off too: it is a second cross-entropy, tested on its own)"""
     import varibad as vb
 
-    off = discrete_args(dm, latent_dim=3, consistency=False, conditioning=False, session_recon=False, decode_beliefs=4)
+    off = discrete_args(dm, latent_dim=3, consistency=False, conditioning=False, session_recon=False, decode_beliefs=4,
+                        session_clock=False)
     encoder, decoder, prior_net = networks(off)
     vb_args = discrete_args(vb, latent_dim=3, decode_beliefs=4)
     vb_encoder, vb_decoder = vb.Encoder(4, 5, vb_args), vb.Decoder(4, 5, vb_args)
@@ -253,6 +255,29 @@ def test_with_all_three_components_off_the_objective_is_varibads_plus_the_termin
     for name in vb_terms:
         torch.testing.assert_close(terms[name], vb_terms[name], msg=name)
     torch.testing.assert_close(loss, vb_loss + off.termination_weight * terms["termination"])
+
+
+def test_the_session_clock_predicts_each_step_s_end_from_the_gru_state_after_it_and_no_session_clock_removes_it():
+    on, off = discrete_args(dm, latent_dim=3), discrete_args(dm, latent_dim=3, session_clock=False)
+    assert on.session_clock  # the default
+    nets = networks(on)
+    assert networks(off)[0].clock is None
+    batch = hand_made_batch()
+    obs, actions, rewards, _, done = batch
+    loss_on, terms_on = dm.vae_loss(*nets, batch, on, "cpu")
+    loss_off, terms_off = dm.vae_loss(*nets, batch, off, "cpu")
+    # the GRU states after each step, step by step from the encoder's parts: the clock reads h_t, the target is d_t
+    encoder, logits = nets[0], []
+    state = dm.BeliefState(2, 5, on, "cpu")
+    for t in range(6):
+        mean, logvar, _, _ = state.encode(encoder, obs[t], done[t - 1] if t > 0 else None)
+        logits.append(encoder.clock(state.hidden).squeeze(-1))
+        state.observe(actions[t], rewards[t], mean, logvar)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(torch.stack(logits), done.float())
+    torch.testing.assert_close(terms_on["session_clock"], expected)
+    assert "session_clock" not in terms_off
+    assert_same_terms(terms_off, terms_on, terms_off)
+    torch.testing.assert_close(loss_on, loss_off + on.termination_weight * terms_on["session_clock"])
 
 
 def test_session_encoder_leaves_the_previous_belief_as_the_only_memory_across_sessions():
@@ -335,7 +360,7 @@ def test_teacher_forcing_conditions_each_session_on_the_final_belief_of_the_one_
     obs, actions, rewards, _, done = hand_made_batch()
     read = []
     encoder.fc.register_forward_hook(lambda module, inputs, output: read.append(inputs[0][..., -6:]))
-    means, logvars, _, prev = dm.encode_episodes(encoder, obs, actions, rewards, done, args, "cpu")
+    means, logvars, _, prev, _ = dm.encode_episodes(encoder, obs, actions, rewards, done, args, "cpu")
     read = torch.cat(read)  # (H, B, 6): the encoder runs over stretches of steps
     beliefs = torch.cat([means, logvars], -1)
     last_step = [{0: 2, 1: 5}, {0: 1, 1: 4, 2: 5}]  # episode -> session -> its last step
@@ -363,7 +388,7 @@ def test_rollout_beliefs_with_the_true_session_ends_are_the_teacher_forced_belie
     done = episode["session_done"]
     if env_kwargs["schedule"] != "fixed":
         assert (done != done[:, :1]).any(), "the sessions end at different steps in different episodes"
-    means, logvars, _, _ = dm.encode_episodes(encoder, episode["obs"], episode["actions"], episode["rewards"], done,
+    means, logvars, *_ = dm.encode_episodes(encoder, episode["obs"], episode["actions"], episode["rewards"], done,
                                               args, "cpu")
     torch.testing.assert_close(episode["beliefs"], torch.cat([means, logvars], -1))
     ignoring_ends = dm.encode_episodes(encoder, episode["obs"], episode["actions"], episode["rewards"],
@@ -381,7 +406,7 @@ def test_without_oracle_sessions_the_rollout_ends_sessions_where_the_termination
         encoder.termination[-1].bias.fill_(30.0 if fires else -30.0)
     episode = greedy_episode(dm, encoder, args, SCHEDULES[0])
     marked = torch.full_like(episode["session_done"], fires)
-    means, logvars, _, _ = dm.encode_episodes(encoder, episode["obs"], episode["actions"], episode["rewards"], marked,
+    means, logvars, *_ = dm.encode_episodes(encoder, episode["obs"], episode["actions"], episode["rewards"], marked,
                                               args, "cpu")
     torch.testing.assert_close(episode["beliefs"], torch.cat([means, logvars], -1))
 

@@ -192,6 +192,9 @@ def test_another_environment_or_setting_given_with_resume_is_refused(checkpoint,
     assert "--seed cannot change on --resume" in fails(script, "--resume", path, "--seed", "2", cwd=tmp_path)
     assert "--norm-adv cannot change on --resume" in fails(script, "--resume", path, "--no-norm-adv", cwd=tmp_path)
     assert folder_state(tmp_path / "run") == before
+    older = copy_of(checkpoint, tmp_path / "older", lambda saved: saved["args"].pop("gamma"))  # a setting it lacked
+    assert "written by an older version of the script, which had no --gamma" in fails(script, "--resume", older,
+                                                                                      cwd=tmp_path)
 
 
 @pytest.mark.slow
