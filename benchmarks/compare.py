@@ -33,6 +33,7 @@ METHODS = {
     "no-session-recon": ("DynaMITE-RL, no session reconstruction", "dynamite_rl.py", ["--no-session-recon"]),
     "oracle-sessions": ("DynaMITE-RL, true session ends", "dynamite_rl.py", ["--oracle-sessions"]),
     "session-encoder": ("DynaMITE-RL, session encoder", "dynamite_rl.py", ["--session-encoder"]),
+    "no-session-clock": ("DynaMITE-RL, no session clock", "dynamite_rl.py", ["--no-session-clock"]),
     "session-encoder-no-conditioning": ("DynaMITE-RL, session encoder, no conditioning", "dynamite_rl.py",
                                         ["--session-encoder", "--no-conditioning"]),
     "varibad": ("VariBAD", "varibad.py", []),
