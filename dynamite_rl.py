@@ -496,7 +496,7 @@ def encode_episodes(encoder, obs, actions_onehot, rewards, session_done, args, d
 
 def vae_loss(encoder, decoder, prior_net, batch, args, device):
     """The DynaMITE-RL objective (paper eq. 6) on a batch of episodes; returns (loss, dict of terms). With all three
-    components off it is VariBAD's objective plus the termination head's cross-entropy."""
+    components off it is VariBAD's objective plus the termination head's (and the session clock's) cross-entropy."""
     obs, actions_onehot, rewards, next_obs, session_done = batch
     means, logvars, logits, prev_beliefs, clock = encode_episodes(encoder, obs, actions_onehot, rewards, session_done,
                                                                   args, device)
