@@ -95,6 +95,9 @@ class Args:
     """extra flags passed to every run, e.g. --extra='--num-envs 32 --encoder-updates 4'"""
     report_only: bool = False
     """train nothing: write the table and plots from the runs already in --runs-dir"""
+    reuse: bool = True
+    """count the finished runs recorded beside the report (--output's _runs.json, committed with it) as done, so that
+    a fresh checkout trains only the runs that are missing; --no-reuse trains them again"""
 
 
 def make_runs(args: Args) -> list[Run]:
@@ -135,19 +138,86 @@ def load(args: Args) -> dict[str, list[dict]]:
     return results
 
 
+RECORDED = ("return", "return_per_session", "consecutive_episode_returns", "session_detection", "global_step",
+            "train_time", "iteration")  # what a report reads of each evaluation
+
+
+def restore(args: Args) -> int:
+    """Put every finished run recorded in --output's _runs.json into its folder under --runs-dir, where that folder
+    has no evaluation file yet; returns how many (0 with --no-reuse)."""
+    path = f"{args.output}_runs.json"
+    if not args.reuse or not os.path.exists(path):
+        return 0
+    recorded, restored = json.load(open(path))["runs"], 0
+    for method in args.methods:
+        for seed in args.seeds:
+            run = recorded.get(method, {}).get(str(seed))
+            target = os.path.join(args.runs_dir, method, f"seed{seed}", "eval.json")
+            if run and run.get("finished") and not os.path.exists(target):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                with open(target, "w") as f:
+                    json.dump(run, f)
+                restored += 1
+    return restored
+
+
+def record(args: Args, results: dict[str, list[dict]]) -> str:
+    """--output's _runs.json: what the report read of every run it shows (the run's settings and its evaluations),
+    merged into the runs recorded there before; committed with the report, it lets the benchmark go on elsewhere."""
+    path = f"{args.output}_runs.json"
+    recorded = json.load(open(path))["runs"] if os.path.exists(path) else {}
+    for method, runs in results.items():
+        for run in runs:
+            evaluations = [{k: e[k] for k in RECORDED if k in e} for e in run["evaluations"]]
+            recorded.setdefault(method, {})[str(run["args"]["seed"])] = {
+                "args": run["args"], "finished": run["finished"], "evaluations": evaluations}
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"about": "the runs of " + os.path.basename(args.output) + ".md (benchmarks/compare.py restores the "
+                            "finished ones into --runs-dir, and trains only the others)",
+                   "runs": {m: dict(sorted(r.items(), key=lambda kv: int(kv[0]))) for m, r in sorted(recorded.items())}},
+                  f, separators=(",", ":"), default=float)
+        f.write("\n")
+    return path
+
+
 def env_name(env_id: str) -> str:
     return env_id.split("/")[-1].rsplit("-v", 1)[0]
 
 
-def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
-    gridworld = args.env_id == GRIDWORLD
-    if gridworld:
-        from envs.gridworld_reference import reference_returns
+def task_settings(results: dict[str, list[dict]]) -> dict:
+    """The environment settings (--env-kwargs) that every run of the report trained with; SystemExit if they differ."""
+    settings = {json.dumps({k: v for k, v in json.loads(run["args"].get("env_kwargs") or "{}").items()
+                            if k != "observe_latent"}, sort_keys=True) for runs in results.values() for run in runs}
+    if len(settings) > 1:
+        raise SystemExit(f"error: the runs of one report trained on different tasks (--env-kwargs {sorted(settings)}); "
+                         "give each task its own --runs-dir")
+    return json.loads(settings.pop()) if settings else {}
 
-        reference = reference_returns()
+
+def exact_reference(args: Args, results: dict[str, list[dict]]) -> dict | None:
+    """The exact Bayes-optimal and memoryless returns of the runs' task: the Gridworld with a fixed schedule (where the
+    reference fits in memory); None elsewhere, where the learned bounds (oracle, no-inference) are the references."""
+    settings = task_settings(results)
+    if args.env_id != GRIDWORLD or settings.get("schedule", "fixed") != "fixed":
+        return None
+    from envs.gridworld_reference import reference_returns
+
+    try:
+        return reference_returns(**settings)
+    except ValueError as error:
+        print(f"no exact reference: {error}")
+        return None
+
+
+def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
+    reference = exact_reference(args, results)
+    target = TARGET if reference is not None and not task_settings(results) else None  # the default Gridworld's
+    if reference is not None:
         bayes, memoryless = reference["bayes"]["total"], reference["memoryless"]["total"]
         lines = ["| method | seeds | final return | of Bayes-optimal | per session | train time per seed | env steps/s "
-                 "| time to 45.0 |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                 + (f"| time to {target} |" if target else "|"),
+                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if target else "")]
     else:
         lines = ["| method | seeds | final return | per session | train time per seed | env steps/s |",
                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -166,18 +236,19 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
         returns = np.array([f["return"] for f in finals])
         times = np.array([f["train_time"] for f in finals])
         sps = np.array([f["global_step"] / f["train_time"] for f in finals])
-        sessions = " / ".join(f"{v:.2f}" for v in np.mean([f["return_per_session"] for f in finals], axis=0))
+        means = per_session(finals).mean(0)
+        sessions = " / ".join(f"{v:.2f}" for v in means[:SHOWN]) + (" / …" if len(means) > SHOWN else "")
         row = f"| {METHODS[method][0]} | {len(finals)} | {returns.mean():.2f} ± {returns.std():.2f} | "
         by_seed = {r["args"]["seed"]: f["return"] for r, f in zip(runs, finals)}
         per_seed.append(f"| {METHODS[method][0]} | " + " | ".join(f"{by_seed[s]:.2f}" if s in by_seed else "–"
                                                                   for s in args.seeds) + " |")
-        if gridworld:
-            reached = [next((e["train_time"] for e in r["evaluations"] if e["return"] >= TARGET), None) for r in runs]
-            hit = [t for t in reached if t is not None]
-            to_target = (f"{np.mean(hit) / 60:.1f} min ({len(hit)}/{len(reached)} seeds)" if hit
-                         else f"not reached (0/{len(reached)})")
-            row += f"{returns.mean() / bayes:.1%} | {sessions} | {times.mean() / 60:.1f} min | {sps.mean():,.0f} | "
-            row += f"{to_target} |"
+        if reference is not None:
+            row += f"{returns.mean() / bayes:.1%} | {sessions} | {times.mean() / 60:.1f} min | {sps.mean():,.0f} |"
+            if target:
+                reached = [next((e["train_time"] for e in r["evaluations"] if e["return"] >= target), None) for r in runs]
+                hit = [t for t in reached if t is not None]
+                row += (f" {np.mean(hit) / 60:.1f} min ({len(hit)}/{len(reached)} seeds) |" if hit
+                        else f" not reached (0/{len(reached)}) |")
         else:
             row += f"{sessions} | {times.mean() / 60:.1f} min | {sps.mean():,.0f} |"
         if between:
@@ -186,9 +257,12 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
     note = (("between the bounds: (return − no inference) / (oracle − no inference), 0% at the no-inference bound and "
              "100% at the oracle's; " if between else "")
             + "returns are greedy, over each run's final evaluation episodes; ± is the std over seeds; per session: the "
-            f"mean over seeds of each session's return; train time and env steps/s with {args.workers} runs sharing "
-            "the machine.")
-    if gridworld:
+            f"mean over seeds of each session's return"
+            + ("" if task_settings(results).get("schedule", "fixed") == "fixed" else
+               " (with a random schedule: the return earned in the i-th session, averaged over all episodes, 0 where "
+               "an episode has fewer sessions)")
+            + f"; train time and env steps/s with {args.workers} runs sharing the machine.")
+    if reference is not None:
         bayes_sessions = " / ".join(f"{v:.2f}" for v in reference["bayes"]["per_session"])
         note = (f"Bayes-optimal {bayes:.3f} (per session {bayes_sessions}); best without memory across sessions "
                 f"{memoryless:.3f} ({reference['memoryless']['per_session'][0]:.2f} in every session); {note}")
@@ -199,6 +273,16 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
                   "mean delay of those found late), mean over seeds:", "",
                   *[f"- {label}: {summary}" for label, summary in heads if summary]]
     return lines
+
+
+SHOWN = 6  # sessions shown in a table's per-session column
+
+
+def per_session(finals: list[dict]) -> np.ndarray:
+    """(seeds, sessions): each final evaluation's mean return earned in each session, up to the number of sessions
+    that every evaluation saw (a random schedule's episodes have different numbers of sessions)."""
+    count = min(len(f["return_per_session"]) for f in finals)
+    return np.array([f["return_per_session"][:count] for f in finals])
 
 
 def detection_summary(finals: list[dict]) -> str:
@@ -220,11 +304,7 @@ def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
     import matplotlib.pyplot as plt
 
     name = env_name(args.env_id)
-    reference = None
-    if args.env_id == GRIDWORLD:
-        from envs.gridworld_reference import reference_returns
-
-        reference = reference_returns()
+    reference = exact_reference(args, results)
     figures = []
     colors = {method: f"C{i if i < 7 else i + 1}" for i, method in enumerate(results)}  # C7 is gray
     # the baselines and the ablations in separate panels (the paper's Figures 5 and 7), DynaMITE-RL in both
@@ -265,9 +345,9 @@ def plot(args: Args, results: dict[str, list[dict]]) -> list[str]:
         finals = [r["evaluations"][-1] for r in runs]
         if not finals:
             continue
-        per_session = np.array([f["return_per_session"] for f in finals])
-        x = np.arange(per_session.shape[1])
-        left.errorbar(x + (i - (len(results) - 1) / 2) * offset, per_session.mean(0), yerr=per_session.std(0),
+        sessions = per_session(finals)
+        x = np.arange(sessions.shape[1])
+        left.errorbar(x + (i - (len(results) - 1) / 2) * offset, sessions.mean(0), yerr=sessions.std(0),
                       marker="o", capsize=3, color=colors[method], label=METHODS[method][0])
         consecutive = np.array([f["consecutive_episode_returns"] for f in finals])
         right.errorbar(np.arange(1, consecutive.shape[1] + 1), consecutive.mean(0), yerr=consecutive.std(0),
@@ -298,6 +378,9 @@ def main(args: Args) -> None:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"error: unknown methods {unknown}; known: {', '.join(METHODS)}")
+    restored = restore(args)
+    if restored:
+        print(f"{restored} finished run(s) restored from {args.output}_runs.json into {args.runs_dir}", flush=True)
     runs = [] if args.report_only else make_runs(args)
     if args.dry_run:
         for run in runs:
@@ -320,9 +403,13 @@ def main(args: Args) -> None:
         table += ["", "Missing (not finished" + (", failed: " + ", ".join(failures) if failures else "") + "): "
                   + ", ".join(missing) + "."]
     figures = plot(args, results)
+    table += ["", f"The runs as this report read them: [{os.path.basename(record(args, results))}]"
+                  f"({os.path.basename(args.output)}_runs.json) (the same command restores the finished ones and "
+                  "trains only what is missing)."]
     command = "python benchmarks/compare.py " + shlex.join(sys.argv[1:])
     parallel = f"on the Ray cluster at {args.ray_address}" if args.ray_address else f"{args.workers} in parallel"
     ran = (f"{len(runs)} runs, {f'{done_before} of them finished by an earlier invocation, ' if done_before else ''}"
+           f"{f'{restored} of those restored from the record, ' if restored else ''}"
            f"{parallel}, {(time.time() - start) / 60:.0f} min wall time for this invocation"
            if runs else "table and plots of the runs in " + args.runs_dir)
     write_report(args.output, f"{env_name(args.env_id)} benchmark", command, ran, table, figures, failures)

@@ -246,3 +246,58 @@ def test_session_detection_measures_the_head_on_each_schedule(tmp_path):
     assert all(row["updates"] == 2 and (np.isnan(row["precision"]) or 0 <= row["precision"] <= 1)
                and 0 <= row["recall"] <= 1 for row in result["rows"])
     assert (tmp_path / "detection.md").read_text().count("\n| ") == 4
+
+
+def fake_run(seed: int, value: float, env_kwargs: str = "{}") -> dict:
+    """An evaluation file as the scripts write it, with the keys a report reads (and one it does not)."""
+    evaluation = {"return": value, "return_per_session": [value / 4] * 4, "consecutive_episode_returns": [value] * 5,
+                  "global_step": 6000, "train_time": 60.0 * seed, "iteration": 10, "peak_memory_mib": 500.0}
+    return {"args": {"seed": seed, "env_kwargs": env_kwargs, "total_timesteps": 6000, "encoder_train_steps": 3000},
+            "finished": True, "evaluations": [{**evaluation, "return": value / 2}, evaluation]}
+
+
+def write_runs(runs_dir, runs: dict) -> None:
+    for (method, seed), run in runs.items():
+        os.makedirs(runs_dir / method / f"seed{seed}")
+        (runs_dir / method / f"seed{seed}" / "eval.json").write_text(json.dumps(run))
+
+
+@pytest.mark.slow  # two reports with their plots: seconds
+def test_a_report_records_its_runs_and_a_fresh_checkout_continues_from_the_record(tmp_path, capsys):
+    """The _runs.json beside a report holds what it read; in an empty --runs-dir the same command restores those runs
+    (the same table) and would train only the missing seed; --no-reuse restores nothing."""
+    write_runs(tmp_path / "runs", {("rl2", 1): fake_run(1, 40.0), ("rl2", 2): fake_run(2, 44.0)})
+    settings = dict(methods=["rl2"], seeds=[1, 2], runs_dir=str(tmp_path / "runs"), output=str(tmp_path / "bench"))
+    compare.main(compare.Args(**settings, report_only=True))
+    table = (tmp_path / "bench.md").read_text()
+    recorded = json.loads((tmp_path / "bench_runs.json").read_text())["runs"]
+    assert sorted(recorded["rl2"]) == ["1", "2"] and "peak_memory_mib" not in recorded["rl2"]["2"]["evaluations"][-1]
+    assert "| RL² | 2 | 42.00 ± 2.00 |" in table and "bench_runs.json" in table
+    fresh = {**settings, "runs_dir": str(tmp_path / "fresh"), "seeds": [1, 2, 3]}
+    compare.main(compare.Args(**fresh, dry_run=True))
+    out = capsys.readouterr().out
+    assert "2 finished run(s) restored" in out and "rl2 seed 1: finished" in out and "rl2 seed 2: finished" in out
+    assert "rl2 seed 3: python rl2.py" in out  # only the missing seed would be trained
+    compare.main(compare.Args(**{**fresh, "seeds": [1, 2]}, report_only=True))
+    assert (tmp_path / "bench.md").read_text().split("\n")[3:] == table.split("\n")[3:]
+    compare.main(compare.Args(**{**fresh, "runs_dir": str(tmp_path / "none")}, reuse=False, dry_run=True))
+    assert "restored" not in capsys.readouterr().out
+
+
+def test_the_exact_reference_is_the_runs_task_and_only_with_a_fixed_schedule(tmp_path):
+    """A Gridworld report reads its runs' --env-kwargs: a random schedule has no exact reference (nor the default
+    task's time to 45.0), another fixed task has its own, and runs of two tasks in one report are refused."""
+    fixed = compare.summarize(compare.Args(methods=["rl2"], seeds=[1]), {"rl2": [fake_run(1, 40.0)]})
+    assert "| of Bayes-optimal |" in fixed[0] and "time to 45.0" in fixed[0] and "Bayes-optimal 47.370" in "\n".join(fixed)
+    bernoulli = json.dumps({"schedule": "bernoulli", "session_prob": 1 / 15})
+    table = compare.summarize(compare.Args(methods=["rl2"], seeds=[1]), {"rl2": [fake_run(1, 40.0, bernoulli)]})
+    assert "Bayes-optimal" not in "\n".join(table) and "time to" not in table[0]
+    small = json.dumps({"size": 3})
+    table = compare.summarize(compare.Args(methods=["rl2"], seeds=[1]), {"rl2": [fake_run(1, 4.0, small)]})
+    from envs.gridworld_reference import reference_returns
+
+    assert f"Bayes-optimal {reference_returns(size=3)['bayes']['total']:.3f}" in "\n".join(table)
+    assert "time to" not in table[0]
+    with pytest.raises(SystemExit, match="different tasks"):
+        compare.summarize(compare.Args(methods=["rl2"], seeds=[1, 2]),
+                          {"rl2": [fake_run(1, 40.0), fake_run(2, 40.0, bernoulli)]})
