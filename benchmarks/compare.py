@@ -138,45 +138,38 @@ def load(args: Args) -> dict[str, list[dict]]:
     return results
 
 
-RECORDED = ("return", "return_per_session", "consecutive_episode_returns", "session_detection", "global_step",
-            "train_time", "iteration")  # what a report reads of each evaluation
+RECORDED = ("return", "return_per_session", "consecutive_episode_returns", "session_detection", "episode_returns",
+            "global_step", "train_time", "iteration")  # what the reports read of each evaluation
 
 
-def restore(args: Args) -> int:
-    """Put every finished run recorded in --output's _runs.json into its folder under --runs-dir, where that folder
-    has no evaluation file yet; returns how many (0 with --no-reuse)."""
-    path = f"{args.output}_runs.json"
-    if not args.reuse or not os.path.exists(path):
+def restore(path: str, runs_dir: str, folders: list[str]) -> int:
+    """Put every finished run recorded in ``path`` (a report's _runs.json) under one of ``folders`` (relative to
+    ``runs_dir``) into that folder, where it has no evaluation file yet; returns how many."""
+    if not os.path.exists(path):
         return 0
     recorded, restored = json.load(open(path))["runs"], 0
-    for method in args.methods:
-        for seed in args.seeds:
-            run = recorded.get(method, {}).get(str(seed))
-            target = os.path.join(args.runs_dir, method, f"seed{seed}", "eval.json")
-            if run and run.get("finished") and not os.path.exists(target):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                with open(target, "w") as f:
-                    json.dump(run, f)
-                restored += 1
+    for folder in folders:
+        target = os.path.join(runs_dir, folder, "eval.json")
+        if recorded.get(folder, {}).get("finished") and not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with open(target, "w") as f:
+                json.dump(recorded[folder], f)
+            restored += 1
     return restored
 
 
-def record(args: Args, results: dict[str, list[dict]]) -> str:
-    """--output's _runs.json: what the report read of every run it shows (the run's settings and its evaluations),
-    merged into the runs recorded there before; committed with the report, it lets the benchmark go on elsewhere."""
-    path = f"{args.output}_runs.json"
+def record(path: str, runs: dict[str, dict]) -> str:
+    """``path`` (a report's _runs.json): what the report read of each of ``runs`` (by its folder under --runs-dir: its
+    settings and its evaluations), merged into the runs recorded there before. Committed with the report, it lets the
+    same command on a fresh checkout restore those runs and train only the others."""
     recorded = json.load(open(path))["runs"] if os.path.exists(path) else {}
-    for method, runs in results.items():
-        for run in runs:
-            evaluations = [{k: e[k] for k in RECORDED if k in e} for e in run["evaluations"]]
-            recorded.setdefault(method, {})[str(run["args"]["seed"])] = {
-                "args": run["args"], "finished": run["finished"], "evaluations": evaluations}
+    for folder, run in runs.items():
+        recorded[folder] = {"args": run.get("args", {}), "finished": run["finished"],
+                            "evaluations": [{k: e[k] for k in RECORDED if k in e} for e in run["evaluations"]]}
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"about": "the runs of " + os.path.basename(args.output) + ".md (benchmarks/compare.py restores the "
-                            "finished ones into --runs-dir, and trains only the others)",
-                   "runs": {m: dict(sorted(r.items(), key=lambda kv: int(kv[0]))) for m, r in sorted(recorded.items())}},
-                  f, separators=(",", ":"), default=float)
+        json.dump({"about": f"the runs of {os.path.basename(path)[: -len('_runs.json')]}.md, by folder under its "
+                            "--runs-dir", "runs": dict(sorted(recorded.items()))}, f, separators=(",", ":"))
         f.write("\n")
     return path
 
@@ -378,7 +371,8 @@ def main(args: Args) -> None:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"error: unknown methods {unknown}; known: {', '.join(METHODS)}")
-    restored = restore(args)
+    restored = restore(f"{args.output}_runs.json", args.runs_dir,
+                       [f"{m}/seed{seed}" for m in args.methods for seed in args.seeds]) if args.reuse else 0
     if restored:
         print(f"{restored} finished run(s) restored from {args.output}_runs.json into {args.runs_dir}", flush=True)
     runs = [] if args.report_only else make_runs(args)
@@ -403,9 +397,10 @@ def main(args: Args) -> None:
         table += ["", "Missing (not finished" + (", failed: " + ", ".join(failures) if failures else "") + "): "
                   + ", ".join(missing) + "."]
     figures = plot(args, results)
-    table += ["", f"The runs as this report read them: [{os.path.basename(record(args, results))}]"
-                  f"({os.path.basename(args.output)}_runs.json) (the same command restores the finished ones and "
-                  "trains only what is missing)."]
+    recorded = record(f"{args.output}_runs.json", {f"{m}/seed{r['args']['seed']}": r for m, rs in results.items()
+                                                   for r in rs})
+    table += ["", f"The runs as this report read them: [{os.path.basename(recorded)}]({os.path.basename(recorded)}) "
+                  "(the same command restores the finished ones and trains only what is missing)."]
     command = "python benchmarks/compare.py " + shlex.join(sys.argv[1:])
     parallel = f"on the Ray cluster at {args.ray_address}" if args.ray_address else f"{args.workers} in parallel"
     ran = (f"{len(runs)} runs, {f'{done_before} of them finished by an earlier invocation, ' if done_before else ''}"

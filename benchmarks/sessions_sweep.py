@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmarks.compare import GRIDWORLD, METHODS, detection_summary, env_name, save, write_report
+from benchmarks.compare import GRIDWORLD, METHODS, detection_summary, env_name, record, restore, save, write_report
 from benchmarks.runner import Run, run_all
 
 
@@ -55,6 +55,8 @@ class Args:
     """print the command of every run that is not finished, and stop"""
     report_only: bool = False
     """train nothing: write the table and the figure from the runs already in --runs-dir"""
+    reuse: bool = True
+    """count the finished runs recorded beside the report (--output's _runs.json) as done; --no-reuse trains them"""
     runs_dir: str = "runs/sessions_gridworld"
     """where the runs are written (one folder per K, method and seed)"""
     output: str = "docs/sessions_gridworld"
@@ -98,9 +100,14 @@ def make_runs(args: Args) -> list[Run]:
     return runs
 
 
-def load(args: Args) -> dict[tuple[int, str], list[dict]]:
-    """The final evaluations of the finished runs, by (K, method)."""
-    results = {}
+def folders(args: Args) -> list[str]:
+    """Each run's folder under --runs-dir."""
+    return [f"K{k}/{method}/seed{seed}" for k in args.sessions for method in args.methods for seed in args.seeds]
+
+
+def load(args: Args) -> tuple[dict[tuple[int, str], list[dict]], dict[str, dict]]:
+    """The final evaluations of the finished runs, by (K, method), and those runs by folder."""
+    results, finished = {}, {}
     for k in args.sessions:
         for method in args.methods:
             finals = []
@@ -109,8 +116,9 @@ def load(args: Args) -> dict[tuple[int, str], list[dict]]:
                 run = json.load(open(path)) if os.path.exists(path) else {}
                 if run.get("finished"):
                     finals.append(run["evaluations"][-1])
+                    finished[f"K{k}/{method}/seed{seed}"] = run
             results[k, method] = finals
-    return results
+    return results, finished
 
 
 def references(args: Args) -> dict[int, dict]:
@@ -199,17 +207,23 @@ def main(args: Args) -> None:
             session_settings(args.env_id, k)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
+    restored = restore(f"{args.output}_runs.json", args.runs_dir, folders(args)) if args.reuse else 0
+    if restored:
+        print(f"{restored} finished run(s) restored from {args.output}_runs.json into {args.runs_dir}", flush=True)
     if args.dry_run:
         for run in runs:
             print(f"{run.name}: " + ("finished" if run.finished() else run.command()))
         return
     start = time.time()
     failures = run_all(runs, args.ray_address, args.workers, 0.0, args.retries) if runs else {}
-    results = load(args)
+    results, finished = load(args)
     if not any(results.values()):
         raise SystemExit(f"error: no finished run in {args.runs_dir}; run the command without --report-only to train them")
     reference = references(args)
     table = summarize(args, results, reference)
+    recorded = os.path.basename(record(f"{args.output}_runs.json", finished))
+    table += ["", f"The runs as this report read them: [{recorded}]({recorded}) (the same command restores the "
+                  "finished ones and trains only what is missing)."]
     figure = plot(args, results, reference)
     command = "python benchmarks/sessions_sweep.py " + shlex.join(sys.argv[1:])
     ran = f"{len(runs)} runs, {(time.time() - start) / 60:.0f} min wall time for this invocation" if runs else \

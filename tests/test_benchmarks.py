@@ -271,7 +271,8 @@ def test_a_report_records_its_runs_and_a_fresh_checkout_continues_from_the_recor
     compare.main(compare.Args(**settings, report_only=True))
     table = (tmp_path / "bench.md").read_text()
     recorded = json.loads((tmp_path / "bench_runs.json").read_text())["runs"]
-    assert sorted(recorded["rl2"]) == ["1", "2"] and "peak_memory_mib" not in recorded["rl2"]["2"]["evaluations"][-1]
+    assert sorted(recorded) == ["rl2/seed1", "rl2/seed2"]
+    assert "peak_memory_mib" not in recorded["rl2/seed2"]["evaluations"][-1]  # what the report reads, no more
     assert "| RL² | 2 | 42.00 ± 2.00 |" in table and "bench_runs.json" in table
     fresh = {**settings, "runs_dir": str(tmp_path / "fresh"), "seeds": [1, 2, 3]}
     compare.main(compare.Args(**fresh, dry_run=True))

@@ -58,3 +58,8 @@ def test_the_report_reads_the_rollouts_of_the_finished_runs(tmp_path):
     assert "47.37" in row and "46.28" in row  # the exact references of K = 4
     assert "head: precision 1.00, recall 0.75, 1.0 steps late" in row.split("|")[2] and "head" not in row.split("|")[3]
     assert (tmp_path / "docs" / "sweep.png").stat().st_size > 10_000
+    # the record beside the report: a fresh --runs-dir restores the finished runs, and the same table comes back
+    sweep.main(sweep.Args(sessions=[1, 4], methods=["dynamite", "varibad"], seeds=[1, 2], report_only=True,
+                          runs_dir=str(tmp_path / "fresh"), output=str(output)))
+    assert (tmp_path / "docs" / "sweep.md").read_text().split("\n")[3:] == table.split("\n")[3:]
+    assert not (tmp_path / "fresh" / "K1" / "varibad" / "seed2").exists()  # an unfinished run is not recorded
