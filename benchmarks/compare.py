@@ -158,6 +158,17 @@ def restore(path: str, runs_dir: str, folders: list[str]) -> int:
     return restored
 
 
+def rounded(value):
+    """``value`` with its floats to 6 significant digits, more than any report prints (a smaller record)."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, list):
+        return [rounded(v) for v in value]
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    return value
+
+
 def record(path: str, runs: dict[str, dict]) -> str:
     """``path`` (a report's _runs.json): what the report read of each of ``runs`` (by its folder under --runs-dir: its
     settings and its evaluations), merged into the runs recorded there before. Committed with the report, it lets the
@@ -165,7 +176,7 @@ def record(path: str, runs: dict[str, dict]) -> str:
     recorded = json.load(open(path))["runs"] if os.path.exists(path) else {}
     for folder, run in runs.items():
         recorded[folder] = {"args": run.get("args", {}), "finished": run["finished"],
-                            "evaluations": [{k: e[k] for k in RECORDED if k in e} for e in run["evaluations"]]}
+                            "evaluations": [{k: rounded(e[k]) for k in RECORDED if k in e} for e in run["evaluations"]]}
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump({"about": f"the runs of {os.path.basename(path)[: -len('_runs.json')]}.md, by folder under its "
