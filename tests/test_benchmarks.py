@@ -36,7 +36,7 @@ def test_every_method_of_the_comparison_starts_with_a_command_line_its_script_ac
 def test_gridworld_comparison_writes_table_and_plots_and_does_not_redo_finished_runs(tmp_path, capsys):
     """The command trains the methods (baselines and ablations: both panels of the plots); run again (here, in this
     process) it redoes nothing, --report-only writes the same table from the runs, and a folder without finished runs
-    is one line."""
+    (and, with --no-reuse, without the report's record of them) is one line."""
     methods = ["dynamite", "no-consistency", "varibad", "rl2"]
     settings = dict(methods=methods, seeds=[1], total_timesteps=480, eval_every=1, runs_dir=str(tmp_path / "runs"),
                     output=str(tmp_path / "docs" / "bench"), extra="--num-envs 8 --num-minibatches 2 --eval-episodes 2")
@@ -61,7 +61,7 @@ def test_gridworld_comparison_writes_table_and_plots_and_does_not_redo_finished_
     assert "done already" not in capsys.readouterr().out
     assert (tmp_path / "docs" / "bench.md").read_text().split("\n")[3:] == table.split("\n")[3:]
     with pytest.raises(SystemExit, match="^error: no finished run of .* run the command without --report-only"):
-        compare.main(compare.Args(**{**settings, "runs_dir": str(tmp_path / "nothing")}, report_only=True))
+        compare.main(compare.Args(**{**settings, "runs_dir": str(tmp_path / "nothing")}, report_only=True, reuse=False))
 
 
 def test_the_belief_probe_posterior_is_the_exact_bayesian_posterior():
