@@ -215,8 +215,8 @@ def exact_reference(args: Args, results: dict[str, list[dict]]) -> dict | None:
 
 
 def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
-    reference = exact_reference(args, results)
-    target = TARGET if reference is not None and not task_settings(results) else None  # the default Gridworld's
+    reference, settings = exact_reference(args, results), task_settings(results)
+    target = TARGET if reference is not None and not settings else None  # the default Gridworld's
     if reference is not None:
         bayes, memoryless = reference["bayes"]["total"], reference["memoryless"]["total"]
         lines = ["| method | seeds | final return | of Bayes-optimal | per session | train time per seed | env steps/s "
@@ -262,7 +262,7 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
              "100% at the oracle's; " if between else "")
             + "returns are greedy, over each run's final evaluation episodes; ± is the std over seeds; per session: the "
             f"mean over seeds of each session's return"
-            + ("" if task_settings(results).get("schedule", "fixed") == "fixed" else
+            + ("" if settings.get("schedule", "fixed") == "fixed" else
                " (with a random schedule: the return earned in the i-th session, averaged over all episodes, 0 where "
                "an episode has fewer sessions)")
             + f"; train time and env steps/s with {args.workers} runs sharing the machine.")

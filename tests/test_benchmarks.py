@@ -302,3 +302,17 @@ def test_the_exact_reference_is_the_runs_task_and_only_with_a_fixed_schedule(tmp
     with pytest.raises(SystemExit, match="different tasks"):
         compare.summarize(compare.Args(methods=["rl2"], seeds=[1, 2]),
                           {"rl2": [fake_run(1, 40.0), fake_run(2, 40.0, bernoulli)]})
+
+
+def test_under_a_random_schedule_the_per_session_column_keeps_the_sessions_every_run_saw():
+    """Episodes of a random schedule have different numbers of sessions: the table averages the sessions that every
+    final evaluation has, shows the first six of them, and says how those returns are counted."""
+    bernoulli = json.dumps({"schedule": "bernoulli", "session_prob": 1 / 15})
+    one, two = fake_run(1, 40.0, bernoulli), fake_run(2, 40.0, bernoulli)
+    one["evaluations"][-1]["return_per_session"] = [float(i) for i in range(13)]
+    two["evaluations"][-1]["return_per_session"] = [float(i) + 1 for i in range(11)]
+    table = compare.summarize(compare.Args(methods=["rl2"], seeds=[1, 2]), {"rl2": [one, two]})
+    row = next(line for line in table if line.startswith("| RL² |"))
+    assert "| 0.50 / 1.50 / 2.50 / 3.50 / 4.50 / 5.50 / … |" in row
+    assert "0 where an episode has fewer sessions" in "\n".join(table)
+    assert compare.per_session(one["evaluations"][-1:] + two["evaluations"][-1:]).shape == (2, 11)
