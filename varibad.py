@@ -100,6 +100,9 @@ class Args:
     """value loss coefficient"""
     max_grad_norm: float = 0.5
     """the maximum gradient norm, applied to the actor, the critic and the VAE separately"""
+    max_std: float | None = 1.0
+    """Gaussian policies: the std's upper bound, a fraction of the action bounds' half-width; the log-std starts
+    there at most and is projected back under it after every step (--max-std None: unbounded)"""
     policy_hidden: int = 128
     """width of the two hidden layers of the actor and of the critic"""
     norm_reward: bool | None = None
@@ -223,7 +226,16 @@ class Agent(nn.Module):
         self.actor = mlp(in_dim, args.policy_hidden, action_size(action_space), out_std=0.01)
         self.continuous = isinstance(action_space, gym.spaces.Box)
         if self.continuous:
-            self.actor_logstd = nn.Parameter(torch.zeros(action_size(action_space)))
+            half_width = torch.as_tensor((action_space.high - action_space.low) / 2, dtype=torch.float32).flatten()
+            max_logstd = (args.max_std * half_width).log() if args.max_std else torch.full_like(half_width, torch.inf)
+            self.register_buffer("max_logstd", max_logstd, persistent=False)
+            self.actor_logstd = nn.Parameter(torch.zeros_like(half_width).minimum(max_logstd))
+
+    def bound_logstd(self):
+        """Project the Gaussian's log-std back under its bound (--max-std), after each optimizer step."""
+        if self.continuous:
+            with torch.no_grad():
+                self.actor_logstd.copy_(self.actor_logstd.minimum(self.max_logstd))
 
     def get_value(self, x):
         return self.critic(x).squeeze(-1)
@@ -640,6 +652,7 @@ if __name__ == "__main__":
                 envs.runs.check_finite(iteration, policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss,
                                        actor_gradient_norm=actor_norm, critic_gradient_norm=critic_norm)
                 optimizer.step()
+                agent.bound_logstd()
         timing["ppo"] += time.time() - tick
 
         # TRY NOT TO MODIFY: record losses and progress

@@ -38,7 +38,7 @@ RANGES = {"seed": (lambda v: True, "an integer"), "gamma": (lambda v: 0 < v <= 1
           "gae_lambda": (lambda v: 0 <= v <= 1, "in [0, 1]"),
           "dirichlet_classes": (lambda v: v >= 2, "an integer >= 2"),
           **{name: (lambda v: v > 0, "> 0") for name in ("learning_rate", "encoder_learning_rate", "clip_coef",
-                                                         "max_grad_norm", "dirichlet_alpha")},
+                                                         "max_grad_norm", "dirichlet_alpha", "max_std")},
           **{name: (lambda v: v >= 0, "an integer >= 0") for name in ("eval_every", "encoder_updates",
                                                                        "encoder_train_steps", "small_batch_steps")}}
 CHECKPOINT_FORMAT = 1

@@ -2,6 +2,7 @@
 a saved agent evaluates as it trained, and videos render headless on MuJoCo and pybullet."""
 
 import json
+import math
 import os
 
 import pytest
@@ -97,3 +98,17 @@ def test_capture_video_records_mujoco_and_pybullet_headless(env_id, trained):
     folder = os.path.join(trained("dynamite_rl.py", env_id), "videos")
     videos = [f for f in os.listdir(folder) if f.endswith(".mp4")]
     assert len(videos) == 1 and os.path.getsize(os.path.join(folder, videos[0])) > 1000
+
+
+@pytest.mark.parametrize("script", [*SCRIPTS, "ppo.py"])
+def test_training_keeps_the_std_under_its_bound(script, tmp_path):
+    """A large entropy bonus pushes every log-std up; the projection after each step holds it at log(0.5 × 0.1) on
+    the point robot's actions in [-0.1, 0.1]; with --max-std None (ppo.py) it grows past the half-width."""
+    flags = [*tiny(script), "--env-id", "dynamite/PointRobot-v0", "--ent-coef", "10", "--save-model"]
+    run_dir = run_script(script, *flags, "--max-std", "0.5", cwd=tmp_path / "bounded")
+    logstd = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["modules"]["agent"]["actor_logstd"]
+    assert torch.allclose(logstd, torch.full_like(logstd, math.log(0.05)))
+    if script == "ppo.py":
+        run_dir = run_script(script, *flags, "--max-std", "None", cwd=tmp_path / "unbounded")
+        logstd = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True)["modules"]["agent"]["actor_logstd"]
+        assert (logstd > 0).all()  # from std 1, ten times the half-width, upwards
