@@ -97,11 +97,11 @@ def _posterior_graph(config: GridworldConfig, mode: str, max_bytes: float = np.i
     done, _ = fixed_schedule_sessions(config)
     num_sessions, num_goals = int(done.sum()), config.num_goals
     table_bytes = num_goal_sets(config) * config.num_cells * 8  # one posterior's values for one session
-    graph, ids = _Graph(), {}
+    graph, ids, eye = _Graph(), {}, np.eye(num_goals)
 
     def posterior_id(belief: np.ndarray) -> int:
         belief = belief / belief.sum()
-        key = tuple(np.round(belief, 12))
+        key = tuple(belief.round(12).tolist())
         if key not in ids:
             ids[key] = len(graph.posteriors)
             graph.posteriors.append(belief)
@@ -109,7 +109,7 @@ def _posterior_graph(config: GridworldConfig, mode: str, max_bytes: float = np.i
 
     def split(belief: np.ndarray) -> list[tuple[float, int]]:
         if mode == "oracle":  # the oracle is told the new latent as the session starts
-            return [(float(p), posterior_id(np.eye(num_goals)[m])) for m, p in enumerate(belief) if p > 0]
+            return [(float(p), posterior_id(eye[m])) for m, p in enumerate(belief) if p > 0]
         return [(1.0, posterior_id(belief))]
 
     def within_session(starts: set[int], cap: float) -> list[int]:
@@ -117,10 +117,12 @@ def _posterior_graph(config: GridworldConfig, mode: str, max_bytes: float = np.i
         reached, todo = set(starts), list(starts)
         while todo and len(reached) <= cap:
             s = todo.pop()
-            for j in np.flatnonzero(graph.posteriors[s] > 0):
-                graph.paid[(s, j)] = posterior_id(np.eye(num_goals)[j])
+            for j in np.flatnonzero(graph.posteriors[s] > 0).tolist():
+                graph.paid[(s, j)] = posterior_id(eye[j])
                 if graph.posteriors[s][j] < 1:
-                    graph.unpaid[(s, j)] = posterior_id(np.where(np.arange(num_goals) == j, 0.0, graph.posteriors[s]))
+                    unpaid = graph.posteriors[s].copy()
+                    unpaid[j] = 0.0
+                    graph.unpaid[(s, j)] = posterior_id(unpaid)
                 for nxt in (graph.paid[(s, j)], graph.unpaid.get((s, j))):
                     if nxt is not None and nxt not in reached:
                         reached.add(nxt)
