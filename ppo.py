@@ -366,6 +366,7 @@ if __name__ == "__main__":
         explained_var = np.nan if np.var(y_true) == 0 else 1 - np.var(y_true - y_pred) / np.var(y_true)
         run.log(iteration, num_iterations, global_step, episode_returns.mean().item(), timing, {
             "charts/learning_rate": optimizer.param_groups[0]["lr"], "losses/value_loss": v_loss.item(),
+            **({"charts/action_std": agent.actor_logstd.exp().mean().item()} if agent.continuous else {}),
             "losses/policy_loss": pg_loss.item(), "losses/entropy": entropy_loss.item(),
             "losses/approx_kl": approx_kl.item(), "losses/clipfrac": np.mean(clipfracs),
             "losses/explained_variance": explained_var})
