@@ -62,7 +62,8 @@ class PointRobotEnv(EpisodeSessions, gym.Env):
         self.tasks = {"train": tasks[:NUM_TRAIN_TASKS], "test": tasks[NUM_TRAIN_TASKS:], "fresh": None}[task_set]
         self.observation_space = spaces.Box(-ARENA, ARENA, shape=(2,), dtype=np.float32)
         self.action_space = spaces.Box(-0.1, 0.1, shape=(2,), dtype=np.float32)
-        self._weights, self._position = np.array([0.5, 0.5]), np.zeros(2)
+        self._position = np.zeros(2)
+        self._set_weights(np.array([0.5, 0.5]))
 
     @property
     def latent(self) -> np.ndarray:
@@ -71,17 +72,22 @@ class PointRobotEnv(EpisodeSessions, gym.Env):
 
     @property
     def goal(self) -> np.ndarray:
-        return goal_of(self._weights)
+        return self._goal.copy()
+
+    def _set_weights(self, weights: np.ndarray) -> None:
+        self._weights = weights
+        angle = float(weights[1]) * np.pi  # goal_of, for one task
+        self._goal = np.array([np.cos(angle), np.sin(angle)])
 
     def _new_task(self) -> None:
         if self.tasks is None:
-            self._weights = self.np_random.dirichlet([self.alpha, self.alpha])
+            self._set_weights(self.np_random.dirichlet([self.alpha, self.alpha]))
         else:
-            self._weights = self.tasks[self.np_random.integers(len(self.tasks))].copy()
+            self._set_weights(self.tasks[self.np_random.integers(len(self.tasks))].copy())
 
     def _next_latent(self) -> None:
         if self.np_random.random() < self.switch_prob:
-            self._weights = self._weights[::-1].copy()
+            self._set_weights(self._weights[::-1].copy())
         self._position = np.zeros(2)  # every session starts at the origin
 
     def _obs(self) -> np.ndarray:
@@ -96,13 +102,15 @@ class PointRobotEnv(EpisodeSessions, gym.Env):
     def step(self, action):
         if self._t >= self.horizon:
             raise RuntimeError("the episode is over (truncated at the horizon): call reset()")
-        move = np.clip(np.asarray(action, dtype=np.float64), -0.1, 0.1)
-        self._position = np.clip(self._position + move, -ARENA, ARENA)
-        goal = self.goal
-        distance = float(np.linalg.norm(self._position - goal))
+        dx, dy = (min(max(float(a), -0.1), 0.1) for a in np.asarray(action).ravel())  # Python floats: fast in 2-D
+        x = min(max(float(self._position[0]) + dx, -ARENA), ARENA)
+        y = min(max(float(self._position[1]) + dy, -ARENA), ARENA)
+        self._position = np.array([x, y])
+        goal = self._goal
+        distance = float(np.hypot(x - goal[0], y - goal[1]))
         reward = (1.0 - distance if distance <= self.goal_radius else 0.0) if self.sparse else -distance
         _, truncated, info = self._end_step()  # a session end moves the goal and the robot back to the origin
-        info.update(goal=goal, distance=distance)
+        info.update(goal=goal.copy(), distance=distance)
         return self._obs(), float(reward), False, truncated, info
 
     def render(self):
