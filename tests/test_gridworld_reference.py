@@ -175,7 +175,7 @@ def test_the_memory_estimate_is_close_to_the_peak_allocation(mode):
 
 
 def test_a_reference_too_big_for_the_memory_is_refused_at_once_with_what_would_fit():
-    start = time.perf_counter()
+    start = time.process_time()  # the work done, which other processes on the machine do not stretch
     config = make_gridworld_config(**CYCLE)
     assert 2 * 2**30 < estimate_memory(config) < 4 * 2**30
     check_fits(config, available=8 * 2**30)
@@ -189,7 +189,7 @@ def test_a_reference_too_big_for_the_memory_is_refused_at_once_with_what_would_f
         with pytest.raises(ValueError, match=message) as error:
             call()
         assert "\n" not in str(error.value)
-    assert time.perf_counter() - start < 5
+    assert time.process_time() - start < 5
 
 
 @pytest.mark.slow
