@@ -67,6 +67,6 @@ def test_a_finished_run_s_figure_and_table(tmp_path):
     assert "| DynaMITE-RL, Gau(16) |" in table and "| DynaMITE-RL, Dir(2, 4) |" in table
     assert [r["test"]["positions"].shape for r in results] == [(6, 21, 2)] * 2
     assert [r["prior"]["positions"].shape for r in results] == [(5, 21, 2)] * 2
+    gridworld = run_script("dynamite_rl.py", *flags[2:], "--env-id", "dynamite/Gridworld-v0", cwd=tmp_path / "g")
     with pytest.raises(SystemExit, match="the trajectories need dynamite/PointRobot-v0"):
-        gridworld = run_script("dynamite_rl.py", *flags[2:], "--env-id", "dynamite/Gridworld-v0", cwd=tmp_path / "g")
         trajectories.main(trajectories.Args(checkpoints=[os.path.join(gridworld, "checkpoint.pt")], output=output))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import envs.runs
 from conftest import SCRIPTS, discrete_args
 
 MODULES = [script[:-3] for script in [*SCRIPTS, "ppo.py"]]
@@ -52,7 +53,6 @@ def test_the_bound_is_a_buffer_outside_the_saved_state():
 
 
 @pytest.mark.parametrize("module", ["ppo", "varibad"])
-def test_max_std_must_be_positive(module, capsys):
-    import envs.runs
+def test_max_std_must_be_positive(module):
     with pytest.raises(SystemExit, match="--max-std 0.0 is out of range: it must be > 0"):
         envs.runs.check_args(importlib.import_module(module).Args(max_std=0.0))
