@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import mujoco
 import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
@@ -40,6 +41,31 @@ def check_reward_weights(kwargs: dict[str, Any]) -> None:
                              f"got {name}={kwargs[name]!r}")
 
 
+def norm(action: np.ndarray):
+    """||a||_2 as ``np.linalg.norm`` computes it (the same dtype and rounding), without its overhead."""
+    return np.sqrt(action.dot(action))
+
+
+class SimulationViews:
+    """The arrays of an environment's ``MjData`` read and written at every step, fetched once (each attribute access
+    of ``MjData`` builds a new view), and gymnasium's ``MujocoEnv.do_simulation`` on them."""
+
+    def __init__(self, env):
+        self.model, self.data = env.model, env.data
+        self.qpos, self.qvel, self.ctrl = env.data.qpos, env.data.qvel, env.data.ctrl
+        self.xpos, self.xfrc_applied = env.data.xpos, env.data.xfrc_applied
+
+    def simulate(self, action, frame_skip: int) -> np.ndarray:
+        """The action as an array, after ``frame_skip`` physics steps under it (a wrong shape is a ValueError)."""
+        action = np.asarray(action)
+        if action.shape != self.ctrl.shape:
+            raise ValueError(f"Action dimension mismatch. Expected {self.ctrl.shape}, found {action.shape}")
+        self.ctrl[:] = action
+        mujoco.mj_step(self.model, self.data, nstep=frame_skip)
+        mujoco.mj_rnePostConstraint(self.model, self.data)  # as gymnasium does: force quantities stay current
+        return action
+
+
 class DLCMDPReacherEnv(EpisodeSessions, ReacherEnv):
     """Reacher-v5 physics with a target that moves along a circle from session to session."""
 
@@ -50,6 +76,8 @@ class DLCMDPReacherEnv(EpisodeSessions, ReacherEnv):
         self._init_sessions(horizon, schedule, session_length, session_prob, num_sessions, random_phase)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(8,), dtype=np.float64)
         self._radius, self._angle_step = 0.15, 0.0
+        self._views = SimulationViews(self)
+        self._fingertip = self.model.body("fingertip").id
 
     @property
     def latent(self) -> np.ndarray:
@@ -79,9 +107,9 @@ class DLCMDPReacherEnv(EpisodeSessions, ReacherEnv):
         return self._get_obs()
 
     def step(self, action):
-        self.do_simulation(action, self.frame_skip)
-        distance = np.linalg.norm(self.get_body_com("fingertip")[:2] - self.latent)
-        reward_dist, reward_ctrl = -distance, -CONTROL_COST * np.linalg.norm(action)
+        action = self._views.simulate(action, self.frame_skip)
+        distance = np.linalg.norm(self._views.xpos[self._fingertip, :2] - self.latent)
+        reward_dist, reward_ctrl = -distance, -CONTROL_COST * norm(action)
         _, truncated, info = self._end_step()
         info.update(reward_dist=reward_dist, reward_ctrl=reward_ctrl)
         if self.render_mode == "human":
@@ -90,9 +118,9 @@ class DLCMDPReacherEnv(EpisodeSessions, ReacherEnv):
 
     def _get_obs(self):
         """cos and sin of the two joint angles, their velocities and the fingertip's (x, y): no target."""
-        theta = self.data.qpos.flatten()[:2]
-        return np.concatenate([np.cos(theta), np.sin(theta), self.data.qvel.flatten()[:2],
-                               self.get_body_com("fingertip")[:2]])
+        views = self._views
+        theta = views.qpos[:2]
+        return np.concatenate([np.cos(theta), np.sin(theta), views.qvel[:2], views.xpos[self._fingertip, :2]])
 
 
 class _DLCMDPHalfCheetah(EpisodeSessions, HalfCheetahEnv):
@@ -105,6 +133,8 @@ class _DLCMDPHalfCheetah(EpisodeSessions, HalfCheetahEnv):
         HalfCheetahEnv.__init__(self, **kwargs)
         self._init_sessions(horizon, schedule, session_length, session_prob, num_sessions, random_phase)
         self._torso = self.model.body("torso").id
+        self._views, self._dt = SimulationViews(self), self.dt
+        self._first_position = 1 if self._exclude_current_positions_from_observation else 0
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         self._options = options
@@ -123,16 +153,21 @@ class _DLCMDPHalfCheetah(EpisodeSessions, HalfCheetahEnv):
         raise NotImplementedError
 
     def step(self, action):
-        x_before = self.data.qpos[0]
-        self.data.xfrc_applied[self._torso, 0] = self.wind()
-        self.do_simulation(action, self.frame_skip)
-        velocity = (self.data.qpos[0] - x_before) / self.dt
-        reward_task, reward_ctrl = self.task_reward(velocity), -CONTROL_COST * np.linalg.norm(action)
+        views = self._views
+        x_before = views.qpos[0]
+        views.xfrc_applied[self._torso, 0] = self.wind()
+        action = views.simulate(action, self.frame_skip)
+        velocity = (views.qpos[0] - x_before) / self._dt
+        reward_task, reward_ctrl = self.task_reward(velocity), -CONTROL_COST * norm(action)
         _, truncated, info = self._end_step()
         info.update(x_velocity=velocity, reward_task=reward_task, reward_ctrl=reward_ctrl)
         if self.render_mode == "human":
             self.render()
         return self._get_obs(), float(reward_task + reward_ctrl), False, truncated, info  # a float, as checkers ask
+
+    def _get_obs(self):
+        """HalfCheetah-v5's: the joint positions (without the torso's x, by default) and velocities."""
+        return np.concatenate((self._views.qpos[self._first_position:], self._views.qvel))
 
 
 class DLCMDPHalfCheetahDirEnv(_DLCMDPHalfCheetah):
@@ -160,19 +195,23 @@ class DLCMDPHalfCheetahDirEnv(_DLCMDPHalfCheetah):
 class DLCMDPHalfCheetahVelEnv(_DLCMDPHalfCheetah):
     """Run at the target velocity v_g = 1.5 + 1.5 sin(0.2 i [+ phase])."""
 
-    @property
-    def target_velocity(self) -> float:
-        return 1.5 + 1.5 * np.sin(0.2 * self._session + self._phase)
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._set_targets()
+
+    def _set_targets(self) -> None:
+        """The sinusoids of the current session (i and the phase), computed once per session."""
+        self.target_velocity = float(1.5 + 1.5 * np.sin(0.2 * self._session + self._phase))
 
     @property
     def latent(self) -> np.ndarray:
         return np.array([self.target_velocity])
 
     def _new_task(self) -> None:
-        pass
+        self._set_targets()
 
     def _next_latent(self) -> None:
-        pass  # the latent is a function of the session index
+        self._set_targets()  # the latent is a function of the session index
 
     def task_reward(self, velocity: float) -> float:
         return float(-abs(velocity - self.target_velocity))
@@ -187,9 +226,9 @@ class DLCMDPHalfCheetahWindVelEnv(DLCMDPHalfCheetahVelEnv):
     def latent(self) -> np.ndarray:
         return np.array([self.target_velocity, self.wind_force])
 
-    @property
-    def wind_force(self) -> float:
-        return 10.0 + 10.0 * np.sin(0.3 * self._session + self._phase)
+    def _set_targets(self) -> None:
+        super()._set_targets()
+        self.wind_force = float(10.0 + 10.0 * np.sin(0.3 * self._session + self._phase))
 
     def wind(self) -> float:
         return -self.wind_force

@@ -7,6 +7,7 @@ A policy for :func:`evaluate` and :func:`record_video` is made by ``make_policy(
 ``observe(rewards, info)`` (what the step returned, ``info`` batched as a vector env's).
 """
 
+import copy
 import json
 import os
 
@@ -101,6 +102,54 @@ def env_action(action, action_space) -> np.ndarray:
 
 
 
+class LockstepVectorEnv(gym.vector.SyncVectorEnv):
+    """``SyncVectorEnv`` whose steps without autoreset (the mode of every run here) batch the infos in one pass: the
+    sub-environments of a DLCMDP return the same info keys at every step, so each key becomes one array and its
+    ``_key`` mask is all True, the layout ``SyncVectorEnv`` builds key by key and environment by environment (its
+    merge costs as much as the Python side of a MuJoCo step). Anything else (another mode, infos whose keys
+    differ, nested infos) is ``SyncVectorEnv``'s own code."""
+
+    def step(self, actions):
+        if self.autoreset_mode != gym.vector.AutoresetMode.DISABLED:
+            return super().step(actions)
+        if self._autoreset_envs.any():
+            ended = np.flatnonzero(self._autoreset_envs)
+            raise RuntimeError(f"{len(ended)} of the {self.num_envs} sub-environments (the first: {ended[0]}) have "
+                               f"ended their episode: call reset() first")
+        infos = []
+        for i, (env, action) in enumerate(zip(self.envs, gym.vector.utils.iterate(self.action_space, actions),
+                                              strict=True)):
+            (self._env_obs[i], self._rewards[i], self._terminations[i], self._truncations[i],
+             info) = env.step(action)
+            infos.append(info)
+        self._observations = gym.vector.utils.concatenate(self.single_observation_space, self._env_obs,
+                                                          self._observations)
+        self._autoreset_envs = np.logical_or(self._terminations, self._truncations)
+        return (copy.deepcopy(self._observations) if self.copy else self._observations, self._rewards.copy(),
+                self._terminations.copy(), self._truncations.copy(), self._batch_infos(infos))
+
+    def _batch_infos(self, infos: list[dict]) -> dict:
+        keys = infos[0].keys()
+        if any(info.keys() != keys for info in infos) or any(isinstance(value, dict) for value in infos[0].values()):
+            batched = {}
+            for i, info in enumerate(infos):
+                batched = self._add_info(batched, info, i)
+            return batched
+        batched, everywhere = {}, np.ones(self.num_envs, dtype=bool)
+        for key in keys:
+            values = [info[key] for info in infos]
+            first = values[0]
+            if type(first) in (int, float, bool) or isinstance(first, np.number):
+                batched[key] = np.array(values, dtype=type(first))
+            elif isinstance(first, np.ndarray):
+                batched[key] = np.stack(values).astype(first.dtype, copy=False)
+            else:
+                batched[key] = np.empty(self.num_envs, dtype=object)
+                batched[key][:] = values
+            batched[f"_{key}"] = everywhere.copy()
+        return batched
+
+
 def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict) -> gym.vector.VectorEnv:
     """Lock-step environments without autoreset: every iteration resets them and plays whole episodes. A setting
     the environment rejects is a ValueError naming it. ``"observe_latent": true`` among the settings appends the
@@ -111,8 +160,8 @@ def make_vector_env(env_id: str, num_envs: int, env_kwargs: dict) -> gym.vector.
         if gym.spec(env_id).vector_entry_point is not None:
             envs = gym.make_vec(env_id, num_envs=num_envs, autoreset_mode="Disabled", **env_kwargs)
         else:
-            envs = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="sync",
-                                vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.DISABLED}, **env_kwargs)
+            envs = LockstepVectorEnv([lambda: gym.make(env_id, **env_kwargs)] * num_envs,
+                                     autoreset_mode=gym.vector.AutoresetMode.DISABLED)
     except (TypeError, ValueError) as error:
         raise ValueError(f"cannot make {env_id} with --env-kwargs {json.dumps(env_kwargs)}: {error}") from None
     return LatentInObservation(envs) if observe_latent else envs

@@ -123,7 +123,7 @@ def test_throughput_writes_its_table(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     table = output.read_text()
-    assert "| raw: one environment |" in table and "| raw: 4 environments in lock-step (SyncVectorEnv) |" in table
+    assert "| raw: one environment |" in table and "| raw: 4 environments in lock-step (GridworldVectorEnv) |" in table
     assert "| training: dynamite_rl.py, 1 iterations (240 steps, evaluation excluded) |" in table
     assert "dynamite_rl.py trains at " in table and "% of the single environment's raw rate" in table
 
@@ -138,7 +138,7 @@ def test_throughput_times_a_baseline_revision_beside_the_current_scripts(tmp_pat
     assert result.returncode == 0, result.stdout + result.stderr
     table = output.read_text()
     assert "| training: rl2.py, 1 iterations (240 steps, evaluation excluded), at HEAD |" in table
-    assert "evaluation excluded), now: **" in table and "x** |" in table
+    assert "evaluation excluded), now: **" in table and "x** (in CPU time " in table and " CPU s |" in table
 
 
 def test_throughput_of_the_raw_simulator_alone_on_box_actions(tmp_path):
@@ -148,7 +148,7 @@ def test_throughput_of_the_raw_simulator_alone_on_box_actions(tmp_path):
                                     output=str(output)))
     rows = [line for line in output.read_text().splitlines() if line.startswith("| raw: ")]
     assert [row.split(" | ")[0] for row in rows] == ["| raw: one environment",
-                                                     "| raw: 2 environments in lock-step (SyncVectorEnv)"]
+                                                     "| raw: 2 environments in lock-step (LockstepVectorEnv)"]
     assert all(float(row.split(" | ")[1].replace(",", "")) > 0 for row in rows)
 
 

@@ -6,6 +6,8 @@ import re
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers the environments)
@@ -63,6 +65,7 @@ def test_the_latent_is_not_in_the_observation(env_id):
         b.unwrapped._next_latent()
     else:
         b.unwrapped._phase = a.unwrapped._phase + 1.0
+        b.unwrapped._next_latent()  # the sinusoids of the session again, with the new phase
     for _ in range(100):
         action = rng.uniform(-1, 1, a.action_space.shape)
         obs_a, reward_a, _, _, info_a = a.step(action)
@@ -152,3 +155,37 @@ def test_the_sinusoids_phase_is_drawn_per_episode_so_the_session_index_does_not_
         first_latents.add(tuple(np.round(env.latent, 6)))
         assert 0 <= env._phase < 2 * np.pi and fixed._phase == 0.0
     assert len(first_latents) == 3  # the first session's latent differs between episodes
+
+
+@pytest.mark.parametrize("env_id, kwargs", [(env_id, {}) for env_id in IDS] + [
+    ("dynamite/HalfCheetahVel-v0", {"exclude_current_positions_from_observation": False})])
+def test_a_step_is_gymnasiums_physics_observation_and_the_papers_reward_bit_for_bit(env_id, kwargs):
+    """The step reads and writes MuJoCo's arrays directly; a twin stepped by gymnasium's own MujocoEnv.do_simulation,
+    observations and body positions, with np.linalg.norm, gets the very same observations and rewards."""
+    env, twin = gym.make(env_id, **kwargs).unwrapped, gym.make(env_id, **kwargs).unwrapped
+    env.reset(seed=3)
+    twin.reset(seed=3)
+    rng = np.random.default_rng(3)
+    for _ in range(120):  # past session ends (every 50 steps): the latent moves
+        action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+        obs, reward, _, _, info = env.step(action)
+        if env_id == "dynamite/Reacher-v0":
+            MujocoEnv.do_simulation(twin, action, twin.frame_skip)
+            expected = -np.linalg.norm(twin.get_body_com("fingertip")[:2] - twin.latent) - 0.05 * np.linalg.norm(action)
+        else:
+            x_before = twin.data.qpos[0]
+            twin.data.xfrc_applied[twin.model.body("torso").id, 0] = twin.wind()
+            MujocoEnv.do_simulation(twin, action, twin.frame_skip)
+            velocity = (twin.data.qpos[0] - x_before) / twin.dt
+            expected = twin.task_reward(velocity) - 0.05 * np.linalg.norm(action)
+        _, _, twin_info = twin._end_step()  # a session's end may move the Reacher's target, and MuJoCo's positions with it
+        if env_id == "dynamite/Reacher-v0":
+            theta = twin.data.qpos.flatten()[:2]
+            expected_obs = np.concatenate([np.cos(theta), np.sin(theta), twin.data.qvel.flatten()[:2],
+                                           twin.get_body_com("fingertip")[:2]])
+        else:
+            expected_obs = HalfCheetahEnv._get_obs(twin)
+        assert np.array_equal(obs, expected_obs) and reward == float(expected)
+        assert np.array_equal(info["latent"], twin_info["latent"]) and info["session"] == twin_info["session"]
+    with pytest.raises(ValueError, match="Action dimension mismatch"):
+        env.step(np.zeros(env.action_space.shape[0] + 1))

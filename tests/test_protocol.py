@@ -57,6 +57,52 @@ def test_vector_envs_step_in_lock_step_and_never_reset_on_their_own(env_id):
     envs_.close()
 
 
+@pytest.mark.parametrize("env_id, kwargs", [
+    (REACHER, {"horizon": 12, "session_length": 4}),
+    ("dynamite/HalfCheetahDir-v0", {"horizon": 12, "session_length": 3}),
+    ("dynamite/HalfCheetahVel-v0", {"horizon": 12, "schedule": "bernoulli", "session_prob": 0.3}),
+    ("dynamite/HalfCheetahWindVel-v0", {"horizon": 12, "schedule": "poisson", "num_sessions": 3}),
+    ("dynamite/PointRobot-v0", {"horizon": 12, "num_sessions": 3, "session_length": 4}),
+    ("dynamite/ScratchItch-v0", {"horizon": 6, "session_length": 2}),
+])
+def test_the_lock_step_vector_env_returns_what_sync_vector_env_returns(env_id, kwargs):
+    """Observations, rewards, flags and infos (keys, masks, dtypes, values) equal gymnasium's SyncVectorEnv's over
+    two episodes, the second keeping the task; a step after the horizon is refused; other modes are SyncVectorEnv."""
+    fast = protocol.make_vector_env(env_id, 3, kwargs)
+    assert isinstance(fast, protocol.LockstepVectorEnv)
+    slow = gym.vector.SyncVectorEnv([lambda: gym.make(env_id, **kwargs)] * 3, autoreset_mode=AutoresetMode.DISABLED)
+    rng = np.random.default_rng(0)
+    for options in (None, {"keep_task": True}):
+        (obs_fast, _), (obs_slow, _) = fast.reset(seed=None if options else 4, options=options), \
+            slow.reset(seed=None if options else 4, options=options)
+        assert np.array_equal(obs_fast, obs_slow)
+        for _ in range(kwargs["horizon"]):
+            actions = rng.uniform(-1, 1, fast.action_space.shape).astype(fast.action_space.dtype)
+            *out_fast, info_fast = fast.step(actions)
+            *out_slow, info_slow = slow.step(actions)
+            for a, b in zip(out_fast, out_slow):
+                assert a.dtype == b.dtype and np.array_equal(a, b)
+            assert info_fast.keys() == info_slow.keys()
+            for key in info_slow:
+                assert info_fast[key].dtype == info_slow[key].dtype and np.array_equal(info_fast[key], info_slow[key])
+        assert out_fast[-1].all()  # truncated at the horizon
+    with pytest.raises(RuntimeError, match=r"^3 of the 3 sub-environments \(the first: 0\) have ended their episode"):
+        fast.step(actions)
+    fast.close()
+    slow.close()
+
+
+def test_the_lock_step_vector_env_batches_uneven_infos_as_sync_vector_env_does():
+    """Infos whose keys differ between sub-environments take SyncVectorEnv's merge, masks and all."""
+    fast = protocol.LockstepVectorEnv([lambda: gym.make(REACHER, horizon=5)] * 2, autoreset_mode=AutoresetMode.DISABLED)
+    fast.reset(seed=0)
+    step = fast.envs[1].step
+    fast.envs[1].step = lambda action: (*step(action)[:4], {"only_here": 7})
+    _, _, _, _, info = fast.step(fast.action_space.sample())
+    assert info["_session_done"].tolist() == [True, False] and info["_only_here"].tolist() == [False, True]
+    assert info["only_here"].tolist() == [0, 7] and info["session_done"].dtype == bool
+
+
 def test_a_setting_the_environment_rejects_is_one_line_naming_it():
     with pytest.raises(ValueError, match=r"^cannot make dynamite/Gridworld-v0 with --env-kwargs \{\"size\": 0\}: "
                                          r"size must be a positive"):
