@@ -268,6 +268,11 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
                " (with a random schedule: the return earned in the i-th session, averaged over all episodes, 0 where "
                "an episode has fewer sessions)")
             + f"; train time and env steps/s with {args.workers} runs sharing the machine.")
+    told = sorted(METHODS[m][0] for m in results if METHODS[m][1] in ("dynamite_rl.py", "varibad.py"))
+    untold = sorted(METHODS[m][0] for m in results if METHODS[m][1] in ("rl2.py", "contrabar.py"))
+    if told and untold:  # a difference in what the methods are given, beside their results
+        note += (f" {', '.join(told)} train with the simulator's true session ends (in the reconstruction masks, and "
+                 f"as the termination head's target); {', '.join(untold)} do not.")
     if reference is not None:
         bayes_sessions = " / ".join(f"{v:.2f}" for v in reference["bayes"]["per_session"])
         note = (f"Bayes-optimal {bayes:.3f} (per session {bayes_sessions}); best without memory across sessions "

@@ -316,3 +316,14 @@ def test_under_a_random_schedule_the_per_session_column_keeps_the_sessions_every
     assert "| 0.50 / 1.50 / 2.50 / 3.50 / 4.50 / 5.50 / … |" in row
     assert "0 where an episode has fewer sessions" in "\n".join(table)
     assert compare.per_session(one["evaluations"][-1:] + two["evaluations"][-1:]).shape == (2, 11)
+
+
+def test_a_table_of_methods_told_the_true_session_ends_and_methods_not_told_them_says_which_are_which():
+    """DynaMITE-RL and VariBAD train with the simulator's session ends, RL² and ContraBAR without: a table that
+    holds both kinds says so; a table of one kind does not."""
+    runs = {method: [fake_run(1, 40.0)] for method in ("dynamite", "varibad", "rl2", "contrabar")}
+    mixed = "\n".join(compare.summarize(compare.Args(methods=list(runs), seeds=[1]), runs))
+    assert ("DynaMITE-RL, VariBAD train with the simulator's true session ends (in the reconstruction masks, and as "
+            "the termination head's target); ContraBAR, RL² do not.") in mixed
+    alone = "\n".join(compare.summarize(compare.Args(methods=["rl2"], seeds=[1]), {"rl2": runs["rl2"]}))
+    assert "true session ends" not in alone
