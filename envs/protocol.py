@@ -300,15 +300,17 @@ def evaluate(env_id: str, env_kwargs: dict, make_policy, num_episodes: int, cons
     back in the same task (goals kept, the latent's dynamics and whatever the policy carries go on); with
     ``episode_returns`` also the return of each of the first episodes (for box plots); for a policy that detects
     session ends and counts them in a :class:`SessionDetection` ``detections``, their precision and recall over the
-    first episodes (those of the returns)."""
+    first episodes (those of the returns) and, with ``consecutive`` > 1, over each of the consecutive episodes."""
     eval_envs = make_vector_env(env_id, num_episodes, env_kwargs)
     episode_horizon = horizon(eval_envs)
     policy = make_policy(num_episodes)
     obs, _ = eval_envs.reset(seed=seed)
-    consecutive_returns = []
+    consecutive_returns, consecutive_detection = [], []
     for episode in range(consecutive):
         if episode > 0:
             obs, _ = eval_envs.reset(options={"keep_task": True})
+            if hasattr(policy, "detections"):  # counted afresh in each episode
+                policy.detections = SessionDetection()
         total = np.zeros(num_episodes)
         session_returns = np.zeros((num_episodes, episode_horizon))
         num_sessions = 0
@@ -319,6 +321,8 @@ def evaluate(env_id: str, env_kwargs: dict, make_policy, num_episodes: int, cons
             num_sessions = max(num_sessions, int(info["session"].max()) + 1)
             policy.observe(reward, info)
         consecutive_returns.append(float(total.mean()))
+        if hasattr(policy, "detections"):
+            consecutive_detection.append(policy.detections.rates())
         if episode == 0:
             first_return, per_session = total, session_returns[:, :num_sessions].mean(0).tolist()
             detection = policy.detections.rates() if hasattr(policy, "detections") else None  # of these episodes
@@ -331,6 +335,8 @@ def evaluate(env_id: str, env_kwargs: dict, make_policy, num_episodes: int, cons
         "episodes": num_episodes,
         **({"episode_returns": first_return.tolist()} if episode_returns else {}),
         **({"session_detection": detection} if detection is not None else {}),
+        **({"consecutive_session_detection": consecutive_detection} if consecutive > 1 and consecutive_detection
+           else {}),
     }
 
 

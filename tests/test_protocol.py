@@ -228,6 +228,9 @@ def test_session_detection_is_measured_on_the_first_episodes_as_the_return_is():
     policy = DetectingPolicy(np.zeros((60, 8), dtype=np.int64))
     result = protocol.evaluate(GRIDWORLD, {}, lambda n: policy, 8, consecutive=3)
     assert result["session_detection"] == {"precision": pytest.approx(3 / 45), "recall": 1.0, "delay": 0.0}
+    first, *later = result["consecutive_session_detection"]  # each consecutive episode counted on its own
+    assert first == result["session_detection"] and len(later) == 2
+    assert all(rates["recall"] == 0.0 and np.isnan(rates["precision"]) for rates in later)  # nothing fires there
     still = FixedPolicy(np.zeros((60, 8), dtype=np.int64))  # a policy that detects nothing reports nothing
     assert "session_detection" not in protocol.evaluate(GRIDWORLD, {}, lambda n: still, 8)
 
