@@ -268,7 +268,9 @@ class Run:
         print(f"eval  iter {iteration}: return {result['return']:.2f} ± {result['return_std']:.2f}"
               + (f" ({result['return'] / self.bayes_return:.1%} of Bayes-optimal)" if self.bayes_return else "")
               + f" | per session {sessions}"
-              + (f" | 5 episodes {' '.join(f'{v:.1f}' for v in result['consecutive_episode_returns'])}" if final else ""))
+              + (f" | 5 episodes {' '.join(f'{v:.1f}' for v in result['consecutive_episode_returns'])}" if final else "")
+              + (" | head's recall " + " ".join(f"{rates['recall']:.2f}" for rates in result["consecutive_session_detection"])
+                 if final and "consecutive_session_detection" in result else ""))
 
     def log(self, iteration: int, num_iterations: int, global_step: int, mean_return: float, timing: dict,
             scalars: dict, extra: str = "") -> None:
