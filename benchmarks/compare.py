@@ -268,11 +268,15 @@ def summarize(args: Args, results: dict[str, list[dict]]) -> list[str]:
                " (with a random schedule: the return earned in the i-th session, averaged over all episodes, 0 where "
                "an episode has fewer sessions)")
             + f"; train time and env steps/s with {args.workers} runs sharing the machine.")
-    told = sorted(METHODS[m][0] for m in results if METHODS[m][1] in ("dynamite_rl.py", "varibad.py"))
-    untold = sorted(METHODS[m][0] for m in results if METHODS[m][1] in ("rl2.py", "contrabar.py"))
+    scripts = [METHODS[m][1] for m in results]
+    names = {"dynamite_rl.py": "DynaMITE-RL" + (" (every variant)" if scripts.count("dynamite_rl.py") > 1 else ""),
+             "varibad.py": "VariBAD", "rl2.py": "RL²", "contrabar.py": "ContraBAR"}
+    told = [names[s] for s in ("dynamite_rl.py", "varibad.py") if s in scripts]
+    untold = [names[s] for s in ("rl2.py", "contrabar.py") if s in scripts]
     if told and untold:  # a difference in what the methods are given, beside their results
-        note += (f" {', '.join(told)} train with the simulator's true session ends (in the reconstruction masks, and "
-                 f"as the termination head's target); {', '.join(untold)} do not.")
+        note += (f" {' and '.join(told)} {'train' if len(told) > 1 else 'trains'} with the simulator's true session "
+                 f"ends (in the reconstruction masks, and as the termination head's target); {' and '.join(untold)} "
+                 f"{'do' if len(untold) > 1 else 'does'} not.")
     if reference is not None:
         bayes_sessions = " / ".join(f"{v:.2f}" for v in reference["bayes"]["per_session"])
         note = (f"Bayes-optimal {bayes:.3f} (per session {bayes_sessions}); best without memory across sessions "

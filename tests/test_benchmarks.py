@@ -323,7 +323,11 @@ def test_a_table_of_methods_told_the_true_session_ends_and_methods_not_told_them
     holds both kinds says so; a table of one kind does not."""
     runs = {method: [fake_run(1, 40.0)] for method in ("dynamite", "varibad", "rl2", "contrabar")}
     mixed = "\n".join(compare.summarize(compare.Args(methods=list(runs), seeds=[1]), runs))
-    assert ("DynaMITE-RL, VariBAD train with the simulator's true session ends (in the reconstruction masks, and as "
-            "the termination head's target); ContraBAR, RL² do not.") in mixed
+    assert ("DynaMITE-RL and VariBAD train with the simulator's true session ends (in the reconstruction masks, and "
+            "as the termination head's target); RL² and ContraBAR do not.") in mixed
+    subset = {"dynamite": runs["dynamite"], "oracle-sessions": runs["dynamite"], "rl2": runs["rl2"]}
+    variants = "\n".join(compare.summarize(compare.Args(methods=list(subset), seeds=[1]), subset))
+    assert " DynaMITE-RL (every variant) trains with the simulator's true session ends" in variants
+    assert "; RL² does not." in variants
     alone = "\n".join(compare.summarize(compare.Args(methods=["rl2"], seeds=[1]), {"rl2": runs["rl2"]}))
     assert "true session ends" not in alone
