@@ -32,7 +32,7 @@ sys.path.insert(0, ROOT)
 
 import dynamite_rl
 import envs.protocol
-import envs.runs
+from benchmarks.trained import load_agent
 
 MODES = ("everything", "belief", "hidden", "nothing")
 
@@ -89,30 +89,11 @@ class CarryPolicy:
         self.policy.observe(reward, info)
 
 
-def load(path: str) -> dict:
-    """The run's settings and trained networks."""
-    checkpoint = envs.runs.load_checkpoint(path, "cpu")
-    if checkpoint["header"]["script"] != "dynamite_rl.py":
-        raise SystemExit(f"error: {path}: written by {checkpoint['header']['script']}; this needs dynamite_rl.py runs")
-    args = dynamite_rl.Args(**checkpoint["args"])
-    env_kwargs, eval_env_kwargs = envs.runs.check_args(args)
-    probe = envs.protocol.make_vector_env(args.env_id, 1, env_kwargs)
-    obs_space, space, horizon = probe.single_observation_space, probe.single_action_space, envs.protocol.horizon(probe)
-    probe.close()
-    obs_dim = int(np.prod(obs_space.shape))
-    modules = {"encoder": dynamite_rl.Encoder(obs_dim, envs.protocol.action_size(space), args),
-               "agent": dynamite_rl.Agent(obs_dim, space, args), "obs_scaling": dynamite_rl.ObservationScaling(obs_space)}
-    for name, module in modules.items():
-        module.load_state_dict(checkpoint["modules"][name])
-        module.eval()
-    return {"args": args, "env_kwargs": eval_env_kwargs, "space": space, "horizon": horizon, **modules}
-
-
 def measure(run: dict, mode: str, args: Args) -> dict:
     """The protocol's consecutive episodes with ``mode``'s carry: returns and the head's recall per episode."""
     make = lambda n: CarryPolicy(dynamite_rl.GreedyPolicy(n, run["encoder"], run["agent"], run["obs_scaling"],
                                                           run["space"], run["horizon"], run["args"], "cpu"), mode)
-    result = envs.protocol.evaluate(run["args"].env_id, run["env_kwargs"], make, args.episodes,
+    result = envs.protocol.evaluate(run["args"].env_id, run["eval_env_kwargs"], make, args.episodes,
                                     consecutive=args.consecutive, seed=args.seed)
     return {"returns": result["consecutive_episode_returns"],
             "recall": [rates["recall"] for rates in result["consecutive_session_detection"]]}
@@ -126,7 +107,7 @@ def main(args: Args) -> list[str]:
     torch.set_num_threads(1)
     rows = []
     for path in args.checkpoints:
-        run = load(path)
+        run = load_agent(path, ("dynamite_rl.py",))
         for mode in MODES:
             measured = measure(run, mode, args)
             rows.append(f"| {path} | {mode} | " + ", ".join(f"{v:.1f}" for v in measured["returns"]) + " | "

@@ -19,7 +19,6 @@ import os
 import shlex
 import sys
 from dataclasses import dataclass, field
-from importlib import import_module
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import envs.protocol
-import envs.runs
+from benchmarks.trained import load_agent
 from envs.pointrobot import ARENA, NUM_TRAIN_TASKS, goal_of, task_weights
 
 ENV_ID = "dynamite/PointRobot-v0"
@@ -59,26 +58,11 @@ def latent_name(algo_args) -> str:
 
 def load(path: str) -> dict:
     """The run's module, settings and trained networks (encoder, agent, observation scaling)."""
-    checkpoint = envs.runs.load_checkpoint(path, "cpu")
-    script = checkpoint["header"]["script"]
-    if script not in NAMES:
-        raise SystemExit(f"error: {path}: written by {script}; the trajectories need dynamite_rl.py or varibad.py runs")
-    algo = import_module(script[: -len(".py")])
-    algo_args = algo.Args(**checkpoint["args"])
-    if algo_args.env_id != ENV_ID:
-        raise SystemExit(f"error: {path}: a run on {algo_args.env_id}; the trajectories need {ENV_ID}")
-    env_kwargs, _ = envs.runs.check_args(algo_args)
-    probe = envs.protocol.make_vector_env(ENV_ID, 1, env_kwargs)
-    obs_space, space, horizon = probe.single_observation_space, probe.single_action_space, envs.protocol.horizon(probe)
-    probe.close()
-    obs_dim = int(np.prod(obs_space.shape))
-    modules = {"encoder": algo.Encoder(obs_dim, envs.protocol.action_size(space), algo_args),
-               "agent": algo.Agent(obs_dim, space, algo_args), "obs_scaling": algo.ObservationScaling(obs_space)}
-    for name, module in modules.items():
-        module.load_state_dict(checkpoint["modules"][name])
-        module.eval()
-    return {"path": path, "algo": algo, "args": algo_args, "env_kwargs": {**env_kwargs, "task_set": "test"},
-            "space": space, "horizon": horizon, "label": f"{NAMES[script]}, {latent_name(algo_args)}", **modules}
+    run = load_agent(path, tuple(NAMES))
+    if run["args"].env_id != ENV_ID:
+        raise SystemExit(f"error: {path}: a run on {run['args'].env_id}; the trajectories need {ENV_ID}")
+    return {**run, "env_kwargs": {**run["env_kwargs"], "task_set": "test"},
+            "label": f"{NAMES[run['script']]}, {latent_name(run['args'])}"}
 
 
 class PriorPolicy:
