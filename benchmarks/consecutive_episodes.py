@@ -44,7 +44,7 @@ class Args:
     output: str = "docs/consecutive_episodes"
     """the table (.md)"""
     episodes: int = 500
-    """episodes played side by side (each of them 5 consecutive episodes)"""
+    """episodes played side by side (each of them --consecutive episodes back to back)"""
     consecutive: int = 5
     """consecutive episodes in the same task"""
     seed: int = 7
