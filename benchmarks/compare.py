@@ -13,6 +13,7 @@ go through benchmarks/runner.py: a cluster of this machine by default, or any Ra
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shlex
@@ -104,8 +105,6 @@ class Args:
 
 def make_runs(args: Args) -> list[Run]:
     """Every (method, seed) of the comparison as a run of the runner, in the order they start."""
-    import importlib
-
     runs = []
     for seed in args.seeds:
         for method in args.methods:
@@ -128,35 +127,69 @@ def make_runs(args: Args) -> list[Run]:
 
 
 def load(args: Args) -> dict[str, list[dict]]:
-    """The evaluation files of the finished runs of each method (runs still in progress are left out)."""
+    """The evaluation files of the finished runs of each method (runs still in progress are left out, and so are runs
+    trained with other settings than the method's command sets, e.g. before a default changed)."""
     results = {}
-    for method in args.methods:
-        runs = []
-        for seed in args.seeds:
-            path = os.path.join(args.runs_dir, method, f"seed{seed}", "eval.json")
-            if os.path.exists(path):
-                runs.append(json.load(open(path)))
-        results[method] = [run for run in runs if run.get("finished")]
-    return results
+    for run, method in zip(make_runs(args), [m for _ in args.seeds for m in args.methods]):
+        path = os.path.join(run.run_dir, "eval.json")
+        if os.path.exists(path):
+            evaluation = json.load(open(path))
+            differ = differing_settings(run, evaluation.get("args", {}))
+            if differ:
+                print(f"{run.name} in {run.run_dir} left out: trained with {differ}", flush=True)
+            elif evaluation.get("finished"):
+                results.setdefault(method, []).append(evaluation)
+    return {method: sorted(results.get(method, []), key=lambda r: r["args"]["seed"]) for method in args.methods}
+
+
+# settings that do not change what a run learns
+UNLEARNED = {"run_dir", "save_model", "resume", "eval_every", "log_every", "track", "wandb_project_name",
+             "wandb_entity", "wandb_group", "cuda", "num_threads", "capture_video"}
+
+
+def differing_settings(run: Run, recorded: dict) -> str:
+    """The settings (as "name=recorded, the command sets value") in which ``recorded`` (a run's args) differs from what
+    ``run``'s command sets; "" if none. Settings its script resolves at run time (None here) and settings the record
+    lacks (flags added since, whose defaults keep the old behaviour) are not compared."""
+    import tyro
+
+    module = importlib.import_module(run.script[: -len(".py")])
+    expected = vars(tyro.cli(module.Args, args=[*run.flags, *run.resume_flags], prog=run.script))
+    differ = []
+    for name, value in expected.items():
+        if name in UNLEARNED or value is None or name not in recorded:
+            continue
+        mine, theirs = value, recorded[name]
+        if name.endswith("env_kwargs"):
+            mine, theirs = json.loads(mine), json.loads(theirs or "{}")
+        if mine != theirs:
+            differ.append(f"{name}={recorded[name]!r}, the command sets {value!r}")
+    return "; ".join(differ)
 
 
 RECORDED = ("return", "return_per_session", "consecutive_episode_returns", "session_detection", "episode_returns",
             "global_step", "train_time", "iteration")  # what the reports read of each evaluation
 
 
-def restore(path: str, runs_dir: str, folders: list[str]) -> int:
-    """Put every finished run recorded in ``path`` (a report's _runs.json) under one of ``folders`` (relative to
-    ``runs_dir``) into that folder, where it has no evaluation file yet; returns how many."""
+def restore(path: str, runs_dir: str, runs: list[Run]) -> int:
+    """Put every finished run recorded in ``path`` (a report's _runs.json) of one of ``runs`` into its folder, where it
+    has no evaluation file yet and was trained with the settings its command sets; returns how many."""
     if not os.path.exists(path):
         return 0
     recorded, restored = json.load(open(path))["runs"], 0
-    for folder in folders:
-        target = os.path.join(runs_dir, folder, "eval.json")
-        if recorded.get(folder, {}).get("finished") and not os.path.exists(target):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            with open(target, "w") as f:
-                json.dump(recorded[folder], f)
-            restored += 1
+    for run in runs:
+        folder = os.path.relpath(run.run_dir, os.path.abspath(runs_dir))
+        target = os.path.join(run.run_dir, "eval.json")
+        if not recorded.get(folder, {}).get("finished") or os.path.exists(target):
+            continue
+        differ = differing_settings(run, recorded[folder].get("args", {}))
+        if differ:
+            print(f"{run.name} recorded in {path} not restored: trained with {differ}", flush=True)
+            continue
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "w") as f:
+            json.dump(recorded[folder], f)
+        restored += 1
     return restored
 
 
@@ -393,8 +426,7 @@ def main(args: Args) -> None:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"error: unknown methods {unknown}; known: {', '.join(METHODS)}")
-    restored = restore(f"{args.output}_runs.json", args.runs_dir,
-                       [f"{m}/seed{seed}" for m in args.methods for seed in args.seeds]) if args.reuse else 0
+    restored = restore(f"{args.output}_runs.json", args.runs_dir, make_runs(args)) if args.reuse else 0
     if restored:
         print(f"{restored} finished run(s) restored from {args.output}_runs.json into {args.runs_dir}", flush=True)
     runs = [] if args.report_only else make_runs(args)

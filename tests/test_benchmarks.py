@@ -267,7 +267,8 @@ def test_a_report_records_its_runs_and_a_fresh_checkout_continues_from_the_recor
     """The _runs.json beside a report holds what it read; in an empty --runs-dir the same command restores those runs
     (the same table) and would train only the missing seed; --no-reuse restores nothing."""
     write_runs(tmp_path / "runs", {("rl2", 1): fake_run(1, 40.0), ("rl2", 2): fake_run(2, 44.0)})
-    settings = dict(methods=["rl2"], seeds=[1, 2], runs_dir=str(tmp_path / "runs"), output=str(tmp_path / "bench"))
+    settings = dict(methods=["rl2"], seeds=[1, 2], total_timesteps=6000, runs_dir=str(tmp_path / "runs"),
+                    output=str(tmp_path / "bench"))
     compare.main(compare.Args(**settings, report_only=True))
     table = (tmp_path / "bench.md").read_text()
     recorded = json.loads((tmp_path / "bench_runs.json").read_text())["runs"]
@@ -283,6 +284,28 @@ def test_a_report_records_its_runs_and_a_fresh_checkout_continues_from_the_recor
     assert (tmp_path / "bench.md").read_text().split("\n")[3:] == table.split("\n")[3:]
     compare.main(compare.Args(**{**fresh, "runs_dir": str(tmp_path / "none")}, reuse=False, dry_run=True))
     assert "restored" not in capsys.readouterr().out
+
+
+def test_a_run_trained_with_other_settings_than_its_method_sets_is_neither_restored_nor_reported(tmp_path, capsys):
+    """After a default changes, a recorded run (or one in --runs-dir) made with the old default does not count as the
+    method's: the record is not restored, and the run is left out of the table, each with a line that says why."""
+    settings = dict(methods=["dynamite", "rl2"], seeds=[1], total_timesteps=6000, runs_dir=str(tmp_path / "runs"),
+                    output=str(tmp_path / "bench"))
+    old = fake_run(1, 40.0)
+    old["args"].update(session_encoder=not importlib.import_module("dynamite_rl").Args().session_encoder)
+    write_runs(tmp_path / "runs", {("dynamite", 1): old, ("rl2", 1): fake_run(1, 44.0)})
+    compare.main(compare.Args(**settings, report_only=True))
+    out, table = capsys.readouterr().out, (tmp_path / "bench.md").read_text()
+    assert f"dynamite seed 1 in {tmp_path / 'runs' / 'dynamite' / 'seed1'} left out: trained with session_encoder=" in out
+    assert "| RL² | 1 |" in table and "| DynaMITE-RL |" not in table and "Missing (not finished): dynamite seed 1" in table
+    recorded = json.loads((tmp_path / "bench_runs.json").read_text())
+    recorded["runs"]["dynamite/seed1"] = old  # as a record made before the change
+    (tmp_path / "bench_runs.json").write_text(json.dumps(recorded))
+    compare.main(compare.Args(**{**settings, "runs_dir": str(tmp_path / "fresh")}, dry_run=True))
+    out = capsys.readouterr().out
+    assert "1 finished run(s) restored" in out and "rl2 seed 1: finished" in out
+    assert "dynamite seed 1 recorded in" in out and "not restored: trained with session_encoder=" in out
+    assert "dynamite seed 1: python dynamite_rl.py" in out  # it trains again
 
 
 def test_the_exact_reference_is_the_runs_task_and_only_with_a_fixed_schedule(tmp_path):
