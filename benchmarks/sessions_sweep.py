@@ -100,11 +100,6 @@ def make_runs(args: Args) -> list[Run]:
     return runs
 
 
-def folders(args: Args) -> list[str]:
-    """Each run's folder under --runs-dir."""
-    return [f"K{k}/{method}/seed{seed}" for k in args.sessions for method in args.methods for seed in args.seeds]
-
-
 def load(args: Args) -> tuple[dict[tuple[int, str], list[dict]], dict[str, dict]]:
     """The final evaluations of the finished runs, by (K, method), and those runs by folder."""
     results, finished = {}, {}
@@ -207,7 +202,7 @@ def main(args: Args) -> None:
             session_settings(args.env_id, k)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    restored = restore(f"{args.output}_runs.json", args.runs_dir, folders(args)) if args.reuse else 0
+    restored = restore(f"{args.output}_runs.json", args.runs_dir, make_runs(args)) if args.reuse else 0
     if restored:
         print(f"{restored} finished run(s) restored from {args.output}_runs.json into {args.runs_dir}", flush=True)
     if args.dry_run:
