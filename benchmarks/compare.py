@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import tyro
 
 from benchmarks.runner import Run, run_all
 
@@ -151,8 +152,6 @@ def differing_settings(run: Run, recorded: dict) -> str:
     """The settings (as "name=recorded, the command sets value") in which ``recorded`` (a run's args) differs from what
     ``run``'s command sets; "" if none. Settings its script resolves at run time (None here) and settings the record
     lacks (flags added since, whose defaults keep the old behaviour) are not compared."""
-    import tyro
-
     module = importlib.import_module(run.script[: -len(".py")])
     expected = vars(tyro.cli(module.Args, args=[*run.flags, *run.resume_flags], prog=run.script))
     differ = []
@@ -478,6 +477,4 @@ def write_report(output: str, title: str, command: str, ran: str, table: list[st
 
 
 if __name__ == "__main__":
-    import tyro
-
     main(tyro.cli(Args))
