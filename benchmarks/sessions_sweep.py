@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from benchmarks.compare import GRIDWORLD, METHODS, detection_summary, env_name, record, restore, save, write_report
+from benchmarks.compare import (GRIDWORLD, METHODS, detection_summary, differing_settings, env_name, record, restore, save,
+                                write_report)
 from benchmarks.runner import Run, run_all
 
 
@@ -101,18 +102,19 @@ def make_runs(args: Args) -> list[Run]:
 
 
 def load(args: Args) -> tuple[dict[tuple[int, str], list[dict]], dict[str, dict]]:
-    """The final evaluations of the finished runs, by (K, method), and those runs by folder."""
-    results, finished = {}, {}
-    for k in args.sessions:
-        for method in args.methods:
-            finals = []
-            for seed in args.seeds:
-                path = os.path.join(args.runs_dir, f"K{k}", method, f"seed{seed}", "eval.json")
-                run = json.load(open(path)) if os.path.exists(path) else {}
-                if run.get("finished"):
-                    finals.append(run["evaluations"][-1])
-                    finished[f"K{k}/{method}/seed{seed}"] = run
-            results[k, method] = finals
+    """The final evaluations of the finished runs, by (K, method), and those runs by folder (runs trained with other
+    settings than their command sets are left out, as compare.py leaves them out)."""
+    results, finished = {(k, method): [] for k in args.sessions for method in args.methods}, {}
+    keys = [(seed, k, method) for seed in args.seeds for k in args.sessions for method in args.methods]
+    for (seed, k, method), run in sorted(zip(keys, make_runs(args)), key=lambda pair: pair[0]):
+        path = os.path.join(run.run_dir, "eval.json")
+        evaluation = json.load(open(path)) if os.path.exists(path) else {}
+        differ = differing_settings(run, evaluation.get("args", {})) if evaluation else ""
+        if differ:
+            print(f"{run.name} in {run.run_dir} left out: trained with {differ}", flush=True)
+        elif evaluation.get("finished"):
+            results[k, method].append(evaluation["evaluations"][-1])
+            finished[f"K{k}/{method}/seed{seed}"] = evaluation
     return results, finished
 
 

@@ -63,3 +63,18 @@ def test_the_report_reads_the_rollouts_of_the_finished_runs(tmp_path):
                           runs_dir=str(tmp_path / "fresh"), output=str(output)))
     assert (tmp_path / "docs" / "sweep.md").read_text().split("\n")[3:] == table.split("\n")[3:]
     assert not (tmp_path / "fresh" / "K1" / "varibad" / "seed2").exists()  # an unfinished run is not recorded
+
+
+def test_a_run_trained_with_other_settings_than_its_command_sets_is_left_out(tmp_path, capsys):
+    args = sweep.Args(sessions=[4], methods=["dynamite"], seeds=[1, 2], runs_dir=str(tmp_path))
+    for seed, steps in ((1, 6000), (2, None)):  # seed 1 was trained for 6000 steps, the command trains the default
+        folder = tmp_path / "K4" / "dynamite" / f"seed{seed}"
+        folder.mkdir(parents=True)
+        recorded = {"seed": seed, "env_kwargs": json.dumps(sweep.session_settings(sweep.GRIDWORLD, 4))}
+        if steps:
+            recorded["total_timesteps"] = steps
+        json.dump({"finished": True, "args": recorded, "evaluations": [{"return": 40.0 + seed}]},
+                  open(folder / "eval.json", "w"))
+    results, finished = sweep.load(args)
+    assert [final["return"] for final in results[4, "dynamite"]] == [42.0] and list(finished) == ["K4/dynamite/seed2"]
+    assert "K=4 dynamite seed 1" in capsys.readouterr().out
