@@ -1,7 +1,8 @@
 """How well DynaMITE-RL's termination head finds session ends after the fact, on each session schedule.
 
     python benchmarks/session_detection.py                     # fixed, Bernoulli (p = 1/15) and Poisson (K = 4)
-    python benchmarks/session_detection.py --updates 3000 --extra "--session-encoder"
+    python benchmarks/session_detection.py --updates 1500 --extra "--session-encoder"
+    python benchmarks/session_detection.py --schedules bernoulli --save-encoders tests/data   # the tests' trained head
 
 dynamite_rl.py's VAE (its networks and update, set by --extra) trains offline on uniformly random-action Gridworld
 episodes of each schedule; every --probe-every updates the head's precision and recall at the exact step are
@@ -37,7 +38,7 @@ class Args:
     """the session schedules of the Gridworld (fixed: 4 of 15 steps; bernoulli: p = 1/15; poisson: K = 4)"""
     extra: str = ""
     """flags of dynamite_rl.py that set the VAE"""
-    updates: int = 1500
+    updates: int = 3000
     """VAE gradient steps per schedule"""
     probe_every: int = 500
     """measure the head every this many updates"""
@@ -49,6 +50,8 @@ class Args:
     """seed of the episodes and the networks"""
     output: str = "docs/session_detection"
     """stem of the .md and .json results"""
+    save_encoders: str | None = None
+    """a folder to write each schedule's trained encoder into (session_head_<schedule>.pt: its weights and --extra)"""
 
 
 def random_episodes(env_kwargs: dict, num_episodes: int, seed: int):
@@ -96,6 +99,12 @@ def main(args: Args) -> dict:
                 rows.append({"schedule": name, "updates": update, "seconds": round(time.time() - start, 1),
                              **{k: round(v, 3) for k, v in rates.items()}})
                 print(" | ".join(f"{k} {v}" for k, v in rows[-1].items()), flush=True)
+        if args.save_encoders:
+            os.makedirs(args.save_encoders, exist_ok=True)
+            path = os.path.join(args.save_encoders, f"session_head_{name}.pt")
+            torch.save({"extra": args.extra, "schedule": SCHEDULES[name], "updates": args.updates, "seed": args.seed,
+                        "encoder": encoder.state_dict()}, path)
+            print(f"wrote {path}")
     command = " ".join(["python benchmarks/session_detection.py", *map(shlex.quote, sys.argv[1:])])
     result = {"command": command, "args": vars(args), "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

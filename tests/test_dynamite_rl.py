@@ -411,6 +411,38 @@ def test_without_oracle_sessions_the_rollout_ends_sessions_where_the_termination
     torch.testing.assert_close(episode["beliefs"], torch.cat([means, logvars], -1))
 
 
+TRAINED_HEAD = os.path.join(os.path.dirname(__file__), "data", "session_head_bernoulli.pt")
+
+
+def test_a_trained_head_finds_random_session_ends_at_rollout_time():
+    """The encoder that `python benchmarks/session_detection.py --schedules bernoulli --save-encoders tests/data`
+    trains (3,000 VAE updates on random-action Gridworld episodes with Bernoulli ends, p = 1/15), run step by step as
+    a rollout runs it: the head alone decides where a session ends, on episodes it never trained on. (Rerun that
+    command if the encoder's layers change.)"""
+    import shlex
+
+    import tyro
+
+    import envs.runs
+    from benchmarks.session_detection import random_episodes
+
+    saved = torch.load(TRAINED_HEAD, weights_only=True)
+    args = tyro.cli(dm.Args, args=shlex.split(saved["extra"]))
+    envs.runs.fill_family_defaults(args, envs.protocol.make_vector_env("dynamite/Gridworld-v0", 1, {}))
+    obs, actions, rewards, _, done = random_episodes(saved["schedule"], 256, seed=saved["seed"] + 100)
+    encoder = dm.Encoder(obs.shape[-1], actions.shape[-1], args)
+    encoder.load_state_dict(saved["encoder"])
+    state, counts = dm.BeliefState(obs.shape[1], actions.shape[-1], args, "cpu"), envs.protocol.SessionDetection()
+    with torch.no_grad():
+        for t in range(obs.shape[0]):
+            mean, logvar, _, ended = state.encode(encoder, obs[t])
+            if t > 0:
+                counts.add(ended, done[t - 1])
+            state.observe(actions[t], rewards[t], mean, logvar)
+    rates = counts.rates()
+    assert counts.ends > 500 and rates["recall"] >= 0.9 and rates["precision"] >= 0.9, rates
+
+
 @pytest.mark.slow
 def test_every_component_turned_off_with_true_session_ends_trains_and_evaluates(tmp_path):
     """The ablation flags end to end: the run finishes, logs no consistency loss, and its encoder reads no belief."""
