@@ -340,6 +340,8 @@ def detection_summary(finals: list[dict]) -> str:
         return ""
     values = {k: [d[k] for d in found if np.isfinite(d.get(k, np.nan))] for k in ("precision", "recall", "delay")}
     mean = {k: float(np.mean(v)) if v else float("nan") for k, v in values.items()}
+    if not values["recall"]:  # no true session end in any evaluation episode (one session per episode)
+        return "no session ends" + (f", precision {mean['precision']:.2f}" if values["precision"] else "")
     late = f", {mean['delay']:.1f} steps late" if np.isfinite(mean["delay"]) else ""
     return f"precision {mean['precision']:.2f}, recall {mean['recall']:.2f}{late}"
 

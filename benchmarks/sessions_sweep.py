@@ -149,8 +149,9 @@ def summarize(args: Args, results, reference) -> list[str]:
             rollouts = np.concatenate([f.get("episode_returns", []) for f in finals])
             median = f", median {np.median(rollouts):.2f}" if len(rollouts) else ""
             head = detection_summary(finals)
-            cells.append(f"{means.mean():.2f} ± {means.std():.2f} ({len(finals)} seeds{median}"
-                         + (f"; head: {head})" if head else ")"))
+            spread = f" ± {means.std():.2f}" if len(finals) > 1 else ""
+            seeds = f"{len(finals)} seed{'s' if len(finals) > 1 else ''}"
+            cells.append(f"{means.mean():.2f}{spread} ({seeds}{median}" + (f"; head: {head})" if head else ")"))
         if reference:
             ref = reference.get(k)
             cells += [f"{ref['bayes']:.2f}", f"{ref['memoryless']:.2f}"] if ref else ["–", "–"]

@@ -354,3 +354,15 @@ def test_a_table_of_methods_told_the_true_session_ends_and_methods_not_told_them
     assert "; RL² does not." in variants
     alone = "\n".join(compare.summarize(compare.Args(methods=["rl2"], seeds=[1]), {"rl2": runs["rl2"]}))
     assert "true session ends" not in alone
+
+
+def test_the_head_summary_says_when_there_was_no_session_end_to_find():
+    nan = float("nan")
+    found = [{"session_detection": {"precision": 1.0, "recall": 0.5, "delay": 2.0}},
+             {"session_detection": {"precision": 0.5, "recall": 1.0, "delay": nan}}]
+    assert compare.detection_summary(found) == "precision 0.75, recall 0.75, 2.0 steps late"
+    one_session = {"precision": nan, "recall": nan, "delay": nan}  # no true end, the head never fired
+    assert compare.detection_summary([{"session_detection": one_session}] * 2) == "no session ends"
+    false_alarms = {"precision": 0.0, "recall": nan, "delay": nan}
+    assert compare.detection_summary([{"session_detection": false_alarms}]) == "no session ends, precision 0.00"
+    assert compare.detection_summary([{"return": 1.0}]) == ""  # a method without a head

@@ -54,7 +54,8 @@ def test_the_report_reads_the_rollouts_of_the_finished_runs(tmp_path):
     table = (tmp_path / "docs" / "sweep.md").read_text()
     assert "| K | DynaMITE-RL | VariBAD | Bayes-optimal | no memory across sessions |" in table
     row = next(line for line in table.split("\n") if line.startswith("| 4 |"))
-    assert "(2 seeds, median" in row.split("|")[2] and "(1 seeds, median" in row.split("|")[3]  # unfinished: left out
+    assert "(2 seeds, median" in row.split("|")[2] and "(1 seed, median" in row.split("|")[3]  # unfinished: left out
+    assert " ± " in row.split("|")[2] and " ± " not in row.split("|")[3]  # no spread over one seed
     assert "47.37" in row and "46.28" in row  # the exact references of K = 4
     assert "head: precision 1.00, recall 0.75, 1.0 steps late" in row.split("|")[2] and "head" not in row.split("|")[3]
     assert (tmp_path / "docs" / "sweep.png").stat().st_size > 10_000
