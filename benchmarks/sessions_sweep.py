@@ -2,8 +2,9 @@
 latent MDP: one latent per episode) to K = H (a POMDP whose latent may change at every step).
 
     python benchmarks/sessions_sweep.py          # Gridworld (H = 60): K = 1 2 4 6 12 30 60 fixed sessions of H / K
-    python benchmarks/sessions_sweep.py --env-id dynamite/HalfCheetahVel-v0 --methods dynamite varibad \
-        --sessions 1 2 4 8 20 50 400 --runs-dir runs/sessions_halfcheetah_vel --output docs/sessions_halfcheetah_vel
+    python benchmarks/sessions_sweep.py --env-id dynamite/HalfCheetahVel-v0 --methods dynamite varibad oracle \
+        no-inference --sessions 1 2 4 8 20 50 400 --runs-dir runs/sessions_halfcheetah_vel \
+        --output docs/sessions_halfcheetah_vel
     python benchmarks/sessions_sweep.py --report-only     # the table and the figure of the runs already finished
 
 On the Gridworld the K sessions are fixed, H / K steps each (K must divide H), and the exact Bayes-optimal and
@@ -11,7 +12,9 @@ memoryless returns of each K are drawn beside the boxes; on the other tasks they
 (``schedule="poisson", num_sessions=K``: the first K - 1 lengths ~ Poisson(H / K), redrawn until positive, the
 last the rest; K = 1 is one fixed session). For each K every method trains with each seed through the same runner
 as benchmarks/compare.py (resumable: the same command continues the sweep) and its final evaluation returns the
-greedy return of each of --eval-episodes rollouts: the box of a (K, method) holds those of all its seeds.
+greedy return of each of --eval-episodes rollouts: the box of a (K, method) holds those of all its seeds. The
+task's learned bounds, the methods ``oracle`` (PPO told the latent) and ``no-inference`` (PPO on s and t/H), are
+drawn as lines at the mean over their seeds, and the table says where each method's mean sits between them.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ class Args:
     sessions: list[int] = field(default_factory=lambda: [1, 2, 4, 6, 12, 30, 60])
     """the numbers of sessions K per episode"""
     methods: list[str] = field(default_factory=lambda: ["dynamite", "varibad", "rl2"])
-    """methods of benchmarks/compare.py to train for each K"""
+    """methods of benchmarks/compare.py to train for each K ("oracle" and "no-inference" are drawn as the bounds)"""
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
     """seeds of every method and K"""
     eval_episodes: int = 25
@@ -134,6 +137,15 @@ def references(args: Args) -> dict[int, dict]:
     return out
 
 
+BOUNDS = {"oracle": ("k", "--"), "no-inference": ("gray", ":")}  # learned bounds, drawn as lines: colour, style
+
+
+def learned_bounds(results, k: int) -> dict[str, float]:
+    """The mean final return over seeds of each learned bound that has finished runs at K."""
+    return {name: float(np.mean([f["return"] for f in results[k, name]])) for name in BOUNDS
+            if results.get((k, name))}
+
+
 def summarize(args: Args, results, reference) -> list[str]:
     labels = [METHODS[m][0] for m in args.methods]
     lines = ["| K | " + " | ".join(labels) + (" | Bayes-optimal | no memory across sessions |" if reference else " |"),
@@ -151,6 +163,10 @@ def summarize(args: Args, results, reference) -> list[str]:
             head = detection_summary(finals)
             spread = f" ± {means.std():.2f}" if len(finals) > 1 else ""
             seeds = f"{len(finals)} seed{'s' if len(finals) > 1 else ''}"
+            bounds = learned_bounds(results, k)
+            if method not in BOUNDS and len(bounds) == 2 and bounds["oracle"] != bounds["no-inference"]:
+                fraction = (means.mean() - bounds["no-inference"]) / (bounds["oracle"] - bounds["no-inference"])
+                seeds += f", {fraction:.0%} between the bounds"
             cells.append(f"{means.mean():.2f}{spread} ({seeds}{median}" + (f"; head: {head})" if head else ")"))
         if reference:
             ref = reference.get(k)
@@ -159,6 +175,9 @@ def summarize(args: Args, results, reference) -> list[str]:
     lines += ["", f"Each cell: the final greedy return over {args.eval_episodes} rollouts, mean ± std over seeds, and "
                   "the median of all the rollouts of its seeds (the box's line); for DynaMITE-RL, how its termination "
                   "head found the true session ends (precision and recall at the exact step, mean delay of late finds)."]
+    if any(m in BOUNDS for m in args.methods):
+        lines[-1] += (" Between the bounds: (mean − no inference) / (oracle − no inference), 0% at the no-inference "
+                      "bound and 100% at the oracle's, both means over their seeds at the same K.")
     return lines
 
 
@@ -169,13 +188,14 @@ def plot(args: Args, results, reference) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(1.6 * len(args.sessions) + 2, 4.5))
-    width = 0.8 / len(args.methods)
-    for i, method in enumerate(args.methods):
+    boxed = [m for m in args.methods if m not in BOUNDS]
+    width = 0.8 / max(len(boxed), 1)
+    for i, method in enumerate(boxed):
         positions, boxes = [], []
         for j, k in enumerate(args.sessions):
             rollouts = np.concatenate([f.get("episode_returns", [f["return"]]) for f in results[k, method]] or [[]])
             if len(rollouts):
-                positions.append(j + (i - (len(args.methods) - 1) / 2) * width)
+                positions.append(j + (i - (len(boxed) - 1) / 2) * width)
                 boxes.append(rollouts)
         if boxes:
             parts = ax.boxplot(boxes, positions=positions, widths=width * 0.9, patch_artist=True, showfliers=False)
@@ -188,6 +208,13 @@ def plot(args: Args, results, reference) -> str:
                       label="Bayes-optimal" if j == 0 else None)
             ax.hlines(reference[k]["memoryless"], j - 0.45, j + 0.45, color="gray", ls=":", lw=1,
                       label="no memory across sessions" if j == 0 else None)
+    labelled = set()
+    for j, k in enumerate(args.sessions):
+        for name, value in learned_bounds(results, k).items():
+            color, style = BOUNDS[name]
+            ax.hlines(value, j - 0.45, j + 0.45, color=color, ls=style, lw=1.5,
+                      label=None if name in labelled else f"{METHODS[name][0]}, mean over seeds")
+            labelled.add(name)
     ax.set_xticks(range(len(args.sessions)), [str(k) for k in args.sessions])
     ax.set(xlabel="sessions per episode K", ylabel="greedy return per rollout",
            title=f"{env_name(args.env_id)}: returns as the number of sessions grows ({len(args.seeds)} seeds)")

@@ -79,3 +79,26 @@ def test_a_run_trained_with_other_settings_than_its_command_sets_is_left_out(tmp
     results, finished = sweep.load(args)
     assert [final["return"] for final in results[4, "dynamite"]] == [42.0] and list(finished) == ["K4/dynamite/seed2"]
     assert "K=4 dynamite seed 1" in capsys.readouterr().out
+
+
+def test_the_learned_bounds_are_lines_and_each_method_is_read_between_them(tmp_path):
+    env_id, finals = "dynamite/HalfCheetahVel-v0", {"dynamite": -300.0, "oracle": -100.0, "no-inference": -500.0}
+    for method, value in finals.items():
+        for seed in (1, 2):  # seeds ±10 around the value: the means are exact
+            folder = tmp_path / "runs" / "K8" / method / f"seed{seed}"
+            folder.mkdir(parents=True)
+            final = {"return": value + (10.0 if seed == 1 else -10.0), "episode_returns": [value] * 25}
+            json.dump({"finished": True, "evaluations": [final]}, open(folder / "eval.json", "w"))
+    args = sweep.Args(env_id=env_id, sessions=[8], methods=["dynamite", "oracle", "no-inference"], seeds=[1, 2],
+                      report_only=True, runs_dir=str(tmp_path / "runs"), output=str(tmp_path / "sweep"))
+    results, _ = sweep.load(args)
+    assert sweep.learned_bounds(results, 8) == {"oracle": -100.0, "no-inference": -500.0}
+    sweep.main(args)
+    row = next(line for line in (tmp_path / "sweep.md").read_text().split("\n") if line.startswith("| 8 |"))
+    assert "50% between the bounds" in row.split("|")[2]  # (−300 + 500) / (−100 + 500)
+    assert "between" not in row.split("|")[3] and "between" not in row.split("|")[4]  # the bounds themselves
+    assert "Bayes-optimal" not in row and (tmp_path / "sweep.png").stat().st_size > 10_000
+    # one bound alone places nothing
+    args.methods = ["dynamite", "oracle"]
+    results, _ = sweep.load(args)
+    assert "between" not in sweep.summarize(args, results, {})[2]
