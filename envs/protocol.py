@@ -317,8 +317,9 @@ def evaluate(env_id: str, env_kwargs: dict, make_policy, num_episodes: int, cons
         for t in range(episode_horizon):
             obs, reward, _, _, info = eval_envs.step(policy.act(obs, t))
             total += reward
-            session_returns[np.arange(num_episodes), info["session"]] += reward
-            num_sessions = max(num_sessions, int(info["session"].max()) + 1)
+            if episode == 0:  # (a kept task's session index runs on past H in the consecutive episodes)
+                session_returns[np.arange(num_episodes), info["session"]] += reward
+                num_sessions = max(num_sessions, int(info["session"].max()) + 1)
             policy.observe(reward, info)
         consecutive_returns.append(float(total.mean()))
         if hasattr(policy, "detections"):

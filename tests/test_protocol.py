@@ -189,6 +189,18 @@ def test_evaluating_a_policy_that_never_moves_gives_the_step_reward_in_every_ses
     assert policy.steps == list(range(60)) * 3 and len(policy.rewards) == 180
 
 
+def test_consecutive_episodes_of_a_kept_task_whose_session_index_runs_past_the_horizon_are_evaluated():
+    """With one session per step (K = H) a kept task's session index reaches H in the second episode: the per-session
+    returns are those of the first episode, one per step, and the consecutive returns are still counted."""
+    kwargs = {"horizon": 20, "schedule": "poisson", "num_sessions": 20}
+    policy = FixedPolicy(np.zeros((20, 2, 6), dtype=np.float32))
+    result = protocol.evaluate("dynamite/HalfCheetahVel-v0", kwargs, lambda n: policy, 2, consecutive=2)
+    assert max(int(s.max()) for s in policy.sessions) >= 20  # the index did run past the horizon
+    assert len(result["return_per_session"]) == 20
+    assert sum(result["return_per_session"]) == pytest.approx(result["return"])
+    assert len(result["consecutive_episode_returns"]) == 2
+
+
 def test_session_detection_counts_precision_and_recall_at_the_exact_step_and_the_delay_of_late_finds():
     counts = protocol.SessionDetection()
     counts.add(torch.tensor([3.0, -1.0, 2.0, -2.0]) > 0, torch.tensor([True, True, False, False]))
