@@ -216,8 +216,12 @@ def plot(args: Args, results, reference) -> str:
                       label=None if name in labelled else f"{METHODS[name][0]}, mean over seeds")
             labelled.add(name)
     counts = sorted({len(results[k, m]) for k in args.sessions for m in boxed if results[k, m]})
-    seeds = "no seeds" if not counts else f"{counts[0]}–{counts[-1]} seeds" if len(counts) > 1 else \
-        f"{counts[0]} seed{'' if counts[0] == 1 else 's'}"
+    if not counts:
+        seeds = "no seeds"
+    elif len(counts) > 1:
+        seeds = f"{counts[0]}–{counts[-1]} seeds"
+    else:
+        seeds = f"{counts[0]} seed" + ("" if counts[0] == 1 else "s")
     ax.set_xticks(range(len(args.sessions)), [str(k) for k in args.sessions])
     ax.set(xlabel="sessions per episode K", ylabel="greedy return per rollout",
            title=f"{env_name(args.env_id)}: returns as the number of sessions grows ({seeds} per box)")
