@@ -9,13 +9,17 @@ Schedules (paper section 3 and 5):
 
 * ``fixed``: a session ends every ``session_length`` steps (the last one may be shorter);
 * ``bernoulli``: d_t ~ Bernoulli(``session_prob``) i.i.d. for t < H - 1;
-* ``poisson``: ``num_sessions`` = K sessions; the first K - 1 lengths ~ Poisson(H / K), each redrawn
-  until it is positive and leaves at least one step for every later session; the last takes the rest.
+* ``poisson``: ``num_sessions`` = K sessions; the first K - 1 lengths ~ Poisson(H / K) and the last takes the
+  rest, all K redrawn together until every one is positive (the paper's section 5.3). The lengths are drawn
+  one by one from that conditional distribution (:func:`_poisson_tail_weights`), which gives the same
+  distribution as redrawing but in K steps, also where a redraw would almost never succeed (K near H).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from math import lgamma
 from typing import Any
 
 import numpy as np
@@ -46,19 +50,43 @@ class SessionSchedule:
         return done
 
     def _poisson_lengths(self, rng: np.random.Generator) -> np.ndarray:
+        # l_1..l_{K-1} i.i.d. Poisson(H / K) conditioned on l_i >= 1 and sum <= H - 1 (the last session keeps
+        # a step): l_i is drawn with weight p(a) * W_{rest}(budget - a), W_j(s) being the (scaled) probability
+        # that j more lengths fit in s steps
+        pmf, tails = _poisson_tail_weights(self.horizon, self.num_sessions)
         lengths = np.empty(self.num_sessions, dtype=np.int64)
-        remaining = self.horizon
-        mean = self.horizon / self.num_sessions
+        budget = self.horizon - 1
         for i in range(self.num_sessions - 1):
-            # every later session must keep at least one step
-            longest = remaining - (self.num_sessions - 1 - i)
-            length = 0
-            while not 1 <= length <= longest:
-                length = int(rng.poisson(mean))
-            lengths[i] = length
-            remaining -= length
-        lengths[-1] = remaining
+            rest = self.num_sessions - 2 - i
+            weights = pmf[1 : budget + 1] * tails[rest, budget - 1 :: -1]
+            cumulative = np.cumsum(weights)
+            lengths[i] = 1 + int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+            budget -= int(lengths[i])
+        lengths[-1] = budget + 1
         return lengths
+
+
+@lru_cache(maxsize=64)
+def _poisson_tail_weights(horizon: int, num_sessions: int) -> tuple[np.ndarray, np.ndarray]:
+    """Poisson(H / K) pmf on 0..H-1 (zero at 0) and W[j, s] proportional to P(j positive lengths sum to <= s).
+
+    Row j of W is rescaled to a maximum of 1: a draw only compares entries of one row, and the rescaling keeps
+    products of many small probabilities (K near H) from underflowing.
+    """
+    mean = horizon / num_sessions
+    a = np.arange(horizon)
+    pmf = np.exp(a * np.log(mean) - mean - np.array([lgamma(k + 1) for k in a]))
+    pmf[0] = 0.0
+    tails = np.empty((max(num_sessions - 1, 1), horizon))
+    density = np.zeros(horizon)
+    density[0] = 1.0  # zero lengths sum to 0
+    for j in range(tails.shape[0]):
+        if j > 0:
+            density = np.convolve(density, pmf)[:horizon]
+            density /= density.max()
+        tails[j] = np.cumsum(density)
+        tails[j] /= tails[j].max()
+    return pmf, tails
 
 
 def make_schedule(

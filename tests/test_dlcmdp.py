@@ -1,5 +1,9 @@
 """Session schedules and latent dynamics shared by every environment."""
 
+import math
+import time
+from collections import Counter
+
 import numpy as np
 import pytest
 
@@ -47,6 +51,53 @@ def test_poisson_lengths_have_mean_h_over_k():
     # Poisson(50) is never 0 in practice and the bound never binds here, so the mean is H / K
     assert abs(firsts.mean() - 50) < 4 * np.sqrt(50 / firsts.size)
     assert abs(firsts.var() - 50) < 5
+
+
+def test_poisson_lengths_follow_the_redraw_until_positive_distribution():
+    # the paper draws l_1, l_2 ~ Poisson(H / K) and redraws all of them until every length, the last
+    # (H - l_1 - l_2) included, is positive: enumerate that distribution exactly for H = 7, K = 3
+    horizon, mean = 7, 7 / 3
+    pmf = {a: mean**a * np.exp(-mean) / math.factorial(a) for a in range(1, horizon)}
+    exact = {(a, b): pmf[a] * pmf[b] for a in pmf for b in pmf if a + b <= horizon - 1}
+    total = sum(exact.values())
+    rng = np.random.default_rng(3)
+    schedule = make_schedule("poisson", horizon=horizon, num_sessions=3)
+    draws = 40_000
+    counts = Counter(tuple(session_lengths(schedule.sample(rng))[:2]) for _ in range(draws))
+    assert set(counts) <= set(exact)
+    for pair, weight in exact.items():
+        p = weight / total
+        assert abs(counts[pair] / draws - p) < 4.5 * np.sqrt(p * (1 - p) / draws) + 1e-4, pair
+
+
+def test_poisson_matches_brute_force_redrawing_where_the_bound_binds():
+    # K = 20 of H = 100: the first 19 Poisson(5) lengths overrun 99 steps in about a third of the redraws
+    horizon, k = 100, 20
+    rng = np.random.default_rng(4)
+    brute = []
+    while len(brute) < 3000:
+        lengths = rng.poisson(horizon / k, size=k - 1)
+        if (lengths > 0).all() and lengths.sum() < horizon:
+            brute.append(np.append(lengths, horizon - lengths.sum()))
+    brute = np.array(brute)
+    schedule = make_schedule("poisson", horizon=horizon, num_sessions=k)
+    ours = np.array([session_lengths(schedule.sample(rng)) for _ in range(3000)])
+    for column in (0, k // 2, k - 2, k - 1):
+        stderr = np.sqrt(brute[:, column].var() / len(brute) + ours[:, column].var() / len(ours))
+        assert abs(ours[:, column].mean() - brute[:, column].mean()) < 4.5 * stderr, column
+    assert abs(ours[:, -1].var() - brute[:, -1].var()) < 0.25 * brute[:, -1].var()
+
+
+def test_poisson_draws_stay_cheap_when_sessions_are_short():
+    # one session per step leaves a single schedule; K = 20 of 400 steps is where per-length redrawing
+    # took seconds per episode
+    rng = np.random.default_rng(5)
+    assert make_schedule("poisson", horizon=400, num_sessions=400).sample(rng).all()
+    schedule = make_schedule("poisson", horizon=400, num_sessions=20)
+    start = time.perf_counter()
+    for _ in range(200):
+        assert len(session_lengths(schedule.sample(rng))) == 20
+    assert time.perf_counter() - start < 5.0
 
 
 @pytest.mark.parametrize(
