@@ -9,9 +9,9 @@ latent MDP: one latent per episode) to K = H (a POMDP whose latent may change at
 
 On the Gridworld the K sessions are fixed, H / K steps each (K must divide H), and the exact Bayes-optimal and
 memoryless returns of each K are drawn beside the boxes; on the other tasks they are Poisson sessions
-(``schedule="poisson", num_sessions=K``: the first K - 1 lengths ~ Poisson(H / K), redrawn until positive, the
-last the rest; K = 1 is one fixed session). For each K every method trains with each seed through the same runner
-as benchmarks/compare.py (resumable: the same command continues the sweep) and its final evaluation returns the
+(``schedule="poisson", num_sessions=K``: the first K - 1 lengths ~ Poisson(H / K) and the last the rest, redrawn
+until all are positive; K = 1 is one fixed session). For each K every method trains with each seed through the same
+runner as benchmarks/compare.py (resumable: the same command continues the sweep) and its final evaluation returns the
 greedy return of each of --eval-episodes rollouts: the box of a (K, method) holds those of all its seeds. The
 task's learned bounds, the methods ``oracle`` (PPO told the latent) and ``no-inference`` (PPO on s and t/H), are
 drawn as lines at the mean over their seeds, and the table says where each method's mean sits between them.
