@@ -10,7 +10,7 @@ Schedules (paper section 3 and 5):
 * ``fixed``: a session ends every ``session_length`` steps (the last one may be shorter);
 * ``bernoulli``: d_t ~ Bernoulli(``session_prob``) i.i.d. for t < H - 1;
 * ``poisson``: ``num_sessions`` = K sessions; the first K - 1 lengths ~ Poisson(H / K) and the last takes the
-  rest, all K redrawn together until every one is positive (the paper's section 5.3). The lengths are drawn
+  rest, all K redrawn together until every one is positive (the paper's section 5, Figure 8). The lengths are drawn
   one by one from that conditional distribution (:func:`_poisson_tail_weights`), which gives the same
   distribution as redrawing but in K steps, also where a redraw would almost never succeed (K near H).
 """
