@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tyro
 
-from benchmarks import belief_probe, compare, throughput
+from benchmarks import belief_probe, compare, latent_probe, throughput
 from conftest import ROOT, run_script
 
 SHORT = json.dumps({"horizon": 50, "session_length": 25})  # two sessions of a continuous environment
@@ -366,3 +366,36 @@ def test_the_head_summary_says_when_there_was_no_session_end_to_find():
     false_alarms = {"precision": 0.0, "recall": nan, "delay": nan}
     assert compare.detection_summary([{"session_detection": false_alarms}]) == "no session ends, precision 0.00"
     assert compare.detection_summary([{"return": 1.0}]) == ""  # a method without a head
+
+
+def test_the_latent_probe_read_out_scores_a_linear_latent_1_and_noise_0():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(2000, 3))
+    train = np.arange(2000) < 1000
+    latent = np.stack([2 * features[:, 0] - features[:, 2] + 1, rng.normal(size=2000), np.full(2000, 0.3)], 1)
+    r2 = latent_probe.linear_r2(features, latent, train)
+    assert r2[0] == pytest.approx(1.0, abs=1e-6)
+    assert abs(r2[1]) < 0.02  # held-out noise: nothing beyond its mean
+    assert np.isnan(r2[2])  # a latent that does not vary has no R^2
+
+
+def test_the_latent_probe_says_what_to_give():
+    with pytest.raises(SystemExit, match="give --checkpoints"):
+        latent_probe.main(latent_probe.Args())
+    with pytest.raises(SystemExit, match="--episodes must be at least 4"):
+        latent_probe.main(latent_probe.Args(checkpoints=["x"], episodes=2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["varibad.py", "dynamite_rl.py"])
+def test_the_latent_probe_reads_a_finished_run_under_both_behaviours(script, finished_run, tmp_path):
+    path = os.path.join(finished_run(script), "checkpoint.pt")
+    results = latent_probe.main(latent_probe.Args(checkpoints=[path], episodes=8, skip=2,
+                                                  output=str(tmp_path / "probe")))
+    assert [r["behaviour"] for r in results] == list(latent_probe.BEHAVIOURS)
+    assert all(len(r["r2"]) == 1 and r["script"] == script for r in results)  # the Gridworld's latent: one index
+    assert json.loads((tmp_path / "probe.json").read_text()) == results
+    assert (tmp_path / "probe.md").read_text().count("\n| ") == 4  # the header, its rule and a row per behaviour
+    with pytest.raises(SystemExit, match="this needs dynamite_rl.py or varibad.py runs"):
+        latent_probe.main(latent_probe.Args(checkpoints=[os.path.join(finished_run("rl2.py"), "checkpoint.pt")],
+                                            output=str(tmp_path / "other")))
