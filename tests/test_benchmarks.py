@@ -399,3 +399,38 @@ def test_the_latent_probe_reads_a_finished_run_under_both_behaviours(script, fin
     with pytest.raises(SystemExit, match="this needs dynamite_rl.py or varibad.py runs"):
         latent_probe.main(latent_probe.Args(checkpoints=[os.path.join(finished_run("rl2.py"), "checkpoint.pt")],
                                             output=str(tmp_path / "other")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("behaviour", latent_probe.BEHAVIOURS)
+def test_the_latent_probe_tells_the_encoder_the_action_the_environment_was_given(behaviour, finished_run, monkeypatch):
+    """Under random actions the belief must be built from the random actions taken, not from the greedy ones the
+    policy proposed: every action the encoder is told equals the one the environment stepped with."""
+    from benchmarks.trained import load_agent
+
+    run = load_agent(os.path.join(finished_run("varibad.py"), "checkpoint.pt"), latent_probe.SCRIPTS)
+    stepped, told, proposed = [], [], []
+    make = latent_probe.envs.protocol.make_vector_env
+
+    def recording_env(*args, **kwargs):
+        env = make(*args, **kwargs)
+        step = env.step
+        env.step = lambda action: (stepped.append(np.array(action)), step(action))[1]
+        return env
+
+    class RecordingPolicy(run["algo"].GreedyPolicy):
+        def act(self, obs, t):
+            proposed.append(super().act(obs, t))
+            return proposed[-1]
+
+        def observe(self, reward, info):
+            told.append(self.action.numpy().copy())
+            super().observe(reward, info)
+
+    monkeypatch.setattr(latent_probe.envs.protocol, "make_vector_env", recording_env)
+    monkeypatch.setattr(run["algo"], "GreedyPolicy", RecordingPolicy)
+    latent_probe.play(run, behaviour, latent_probe.Args(episodes=8))
+    assert len(stepped) == len(told) == run["horizon"]
+    assert all(np.array_equal(s, t) for s, t in zip(stepped, told))
+    differ = sum(not np.array_equal(s, p) for s, p in zip(stepped, proposed))
+    assert differ == 0 if behaviour == "greedy" else differ > run["horizon"] // 2
