@@ -3,12 +3,20 @@
     python benchmarks/session_detection.py                     # fixed, Bernoulli (p = 1/15) and Poisson (K = 4)
     python benchmarks/session_detection.py --updates 1500 --extra "--session-encoder"
     python benchmarks/session_detection.py --schedules bernoulli --save-encoders tests/data   # the tests' trained head
+    python benchmarks/session_detection.py --checkpoints runs/benchmark_reacher/dynamite/seed*/checkpoint.pt \
+        --output docs/session_detection_trained          # the heads of trained agents, on their own episodes
 
 dynamite_rl.py's VAE (its networks and update, set by --extra) trains offline on uniformly random-action Gridworld
 episodes of each schedule; every --probe-every updates the head's precision and recall at the exact step are
 measured on held-out episodes of the same schedule: at step t it says whether the transition into s_t ended a
 session, against the true end. The episodes are encoded with the true ends (teacher forcing), as the VAE trains;
 a trained agent's own rollouts log the same numbers (TensorBoard charts/session_*, eval.json session_detection).
+
+With --checkpoints it trains nothing: each trained dynamite_rl.py agent plays --test-episodes greedy episodes of its
+own task (its evaluation settings), and the head's logits at the steps that follow a true end are ranked against
+those at every other step. The AUC is the chance that a step after an end gets the higher logit (1: the head
+separates them, 0.5: it knows no more than the rate of ends); beside it the recall and precision at the threshold the
+agent acts on (logit > 0), and the recall within 5 steps.
 """
 
 from __future__ import annotations
@@ -52,6 +60,8 @@ class Args:
     """stem of the .md and .json results"""
     save_encoders: str | None = None
     """a folder to write each schedule's trained encoder into (session_head_<schedule>.pt: its weights and --extra)"""
+    checkpoints: list[str] = field(default_factory=list)
+    """instead: measure the heads of these trained dynamite_rl.py runs (checkpoint.pt) on their own greedy episodes"""
 
 
 def random_episodes(env_kwargs: dict, num_episodes: int, seed: int):
@@ -75,7 +85,88 @@ def detection(encoder, args, data) -> dict:
     return counts.rates()
 
 
+def ranking_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """The chance that a positive scores above a negative (ties count half); nan without both."""
+    if not len(positives) or not len(negatives):
+        return float("nan")
+    ranks = np.concatenate([positives, negatives]).argsort(kind="stable").argsort() + 1.0
+    values = np.concatenate([positives, negatives])
+    for value in np.unique(values):  # tied values share their mean rank
+        tied = values == value
+        ranks[tied] = ranks[tied].mean()
+    return float((ranks[: len(positives)].sum() - len(positives) * (len(positives) + 1) / 2)
+                 / (len(positives) * len(negatives)))
+
+
+def trained_head(path: str, episodes: int, seed: int, within: int = 5) -> dict:
+    """The termination head of a trained dynamite_rl.py agent on ``episodes`` greedy episodes of its task: the AUC of
+    its logit at the steps after a true end against all other steps, and its recall and precision at logit > 0."""
+    from benchmarks.trained import load_agent
+
+    run = load_agent(path, ("dynamite_rl.py",))
+    vector_env = envs.protocol.make_vector_env(run["args"].env_id, episodes, run["eval_env_kwargs"])
+    policy = run["algo"].GreedyPolicy(episodes, run["encoder"], run["agent"], run["obs_scaling"], run["space"],
+                                      run["horizon"], run["args"], "cpu")
+    logits, ends, ended = [], [], np.zeros(episodes, dtype=bool)
+    encode = policy.state.encode
+
+    def recording(*inputs):  # the policy's own encoding step, its termination logit kept
+        out = encode(*inputs)
+        logits.append(out[2].numpy())
+        return out
+
+    policy.state.encode = recording
+    obs, _ = vector_env.reset(seed=seed)
+    for t in range(run["horizon"]):
+        action = policy.act(obs, t)
+        ends.append(ended)
+        obs, reward, _, _, info = vector_env.step(action)
+        policy.observe(reward, info)
+        ended = np.asarray(info["session_done"], dtype=bool)
+    vector_env.close()
+    logits, ends = np.array(logits)[1:], np.array(ends)[1:]  # step 0 starts the episode: no end to find
+    fired = logits > 0
+    found = []  # each true end: fired at its step or within the next ``within`` steps, before the next end
+    for t, b in np.argwhere(ends):
+        later = np.nonzero(ends[t + 1:, b])[0]
+        stop = min(t + within, t + 1 + later[0]) if len(later) else t + within
+        found.append(fired[t:stop, b].any())
+    return {"checkpoint": path, "env_id": run["args"].env_id, "ends": int(ends.sum()),
+            "auc": ranking_auc(logits[ends], logits[~ends]),
+            "recall": float(fired[ends].mean()) if ends.any() else float("nan"),
+            "precision": float(ends[fired].mean()) if fired.any() else float("nan"),
+            f"recall within {within}": float(np.mean(found)) if found else float("nan"),
+            "logit after an end": float(logits[ends].mean()), "logit elsewhere": float(logits[~ends].mean())}
+
+
+def measure_trained(args: Args) -> dict:
+    rows = []
+    for path in args.checkpoints:
+        rows.append({k: round(v, 3) if isinstance(v, float) else v
+                     for k, v in trained_head(path, args.test_episodes, args.seed).items()})
+        print(rows[-1], flush=True)
+    command = " ".join(["python benchmarks/session_detection.py", *map(shlex.quote, sys.argv[1:])])
+    result = {"command": command, "args": vars(args), "rows": rows}
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(f"{args.output}.json", "w") as f:
+        json.dump(result, f, indent=1)
+    keys = [k for k in rows[0] if k not in ("checkpoint", "env_id")]
+    with open(f"{args.output}.md", "w") as f:
+        f.write(f"# The termination heads of trained agents\n\n`{command}`\n\nEach trained DynaMITE-RL agent plays "
+                f"{args.test_episodes} greedy episodes of its task (seed {args.seed}). AUC: the chance that the head's "
+                "logit at a step that follows a true session end is above its logit at another step (0.5: it knows "
+                "no more than how often ends come). Recall and precision at the exact step and logit > 0, the "
+                "threshold the agent acts on; recall within 5: the ends found by then.\n\n"
+                "| run | task | " + " | ".join(keys) + " |\n|---|---|" + "---:|" * len(keys) + "\n")
+        for row in rows:
+            f.write(f"| {row['checkpoint']} | {row['env_id']} | " + " | ".join(str(row[k]) for k in keys) + " |\n")
+    print(f"wrote {args.output}.md and {args.output}.json")
+    return result
+
+
 def main(args: Args) -> dict:
+    if args.checkpoints:
+        return measure_trained(args)
     vae_args = tyro.cli(dm.Args, args=shlex.split(args.extra))
     envs_ = envs.protocol.make_vector_env("dynamite/Gridworld-v0", 1, {})
     envs.runs.fill_family_defaults(vae_args, envs_)

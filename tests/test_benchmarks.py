@@ -248,6 +248,33 @@ def test_session_detection_measures_the_head_on_each_schedule(tmp_path):
     assert (tmp_path / "detection.md").read_text().count("\n| ") == 4
 
 
+def test_the_ranking_auc_of_hand_made_scores():
+    from benchmarks.session_detection import ranking_auc
+
+    assert ranking_auc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert ranking_auc(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0
+    assert ranking_auc(np.array([1.0, 1.0]), np.array([1.0, 1.0, 1.0])) == 0.5  # ties count half
+    # pairs (pos > neg): 2 > 1; 2 = 2 counts half; 2 < 3; 4 beats all three: (1 + 0.5 + 0 + 3) / 6
+    assert ranking_auc(np.array([2.0, 4.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(4.5 / 6)
+    assert np.isnan(ranking_auc(np.array([]), np.array([1.0])))
+
+
+@pytest.mark.slow
+def test_session_detection_measures_the_head_of_a_trained_agent_on_its_own_episodes(finished_run, tmp_path):
+    from benchmarks import session_detection
+
+    path = os.path.join(finished_run("dynamite_rl.py"), "checkpoint.pt")
+    result = session_detection.main(session_detection.Args(checkpoints=[path], test_episodes=8,
+                                                           output=str(tmp_path / "heads")))
+    row = result["rows"][0]
+    assert row["env_id"] == "dynamite/Gridworld-v0" and row["ends"] == 8 * 3  # 4 sessions: 3 ends an episode
+    assert 0 <= row["auc"] <= 1 and 0 <= row["recall"] <= row["recall within 5"] <= 1
+    assert (tmp_path / "heads.md").read_text().count("\n| ") == 2  # the header and one row
+    with pytest.raises(SystemExit, match="this needs dynamite_rl.py runs"):
+        session_detection.main(session_detection.Args(checkpoints=[os.path.join(finished_run("varibad.py"),
+                                                                                "checkpoint.pt")]))
+
+
 def fake_run(seed: int, value: float, env_kwargs: str = "{}") -> dict:
     """An evaluation file as the scripts write it, with the keys a report reads (and one it does not)."""
     evaluation = {"return": value, "return_per_session": [value / 4] * 4, "consecutive_episode_returns": [value] * 5,
