@@ -167,6 +167,10 @@ class Args:
     """reset the GRU at each session end: the previous belief is the only memory (README)"""
     session_clock: bool = True
     """also train a linear head on h_t to predict d_t, "this step ends the session" (not used to find ends; README)"""
+    head_delay: int = 0
+    """steps after a session's end at which the encoder starts the next session, and the head's target: 0 at the next
+    step, where a session start shows in the state (the Gridworld's reset); 1 a step later, at the first reward of the
+    new latent, where only the reward shows it (MuJoCo and ScratchItch carry on from where they are; README)"""
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -356,12 +360,25 @@ def session_index(session_done):
     return torch.cumsum(session_done.long(), 0) - session_done.long()
 
 
-def reconstruction_mask(session_done, session_recon: bool):
-    """(H beliefs, H targets, B): which transitions the belief at each step reconstructs."""
+def reconstruction_mask(session_done, session_recon: bool, belief_done=None):
+    """(H beliefs, H targets, B): which transitions the belief at each step reconstructs: with --session-recon those
+    of its session, the beliefs' sessions split at ``belief_done`` (default: at the transitions' ``session_done``)."""
     sessions = session_index(session_done)
     if not session_recon:
         return torch.ones(sessions.shape[0], *sessions.shape, dtype=torch.bool, device=sessions.device)
-    return sessions[:, None, :] == sessions[None, :, :]
+    beliefs = sessions if belief_done is None else session_index(belief_done)
+    return beliefs[:, None, :] == sessions[None, :, :]
+
+
+def encoder_session_done(session_done, delay: int):
+    """(H, B) the session ends as the encoder splits its steps: ``session_done`` ``delay`` steps later (--head-delay),
+    the episode's last step still closing its last session."""
+    if delay == 0:
+        return session_done
+    delayed = torch.zeros_like(session_done)
+    delayed[delay:] = session_done[:-delay]
+    delayed[-1] = session_done[-1]
+    return delayed
 
 
 def session_final_index(session_done):
@@ -510,28 +527,29 @@ def vae_loss(encoder, decoder, prior_net, batch, args, device):
     """The DynaMITE-RL objective (paper eq. 6) on a batch of episodes; returns (loss, dict of terms). With all three
     components off it is VariBAD's objective plus the termination head's (and the session clock's) cross-entropy."""
     obs, actions_onehot, rewards, next_obs, session_done = batch
-    means, logvars, logits, prev_beliefs, clock = encode_episodes(encoder, obs, actions_onehot, rewards, session_done,
-                                                                  args, device)
+    ends = encoder_session_done(session_done, args.head_delay)  # where the encoder's sessions end (= session_done)
+    means, logvars, logits, prev_beliefs, clock = encode_episodes(encoder, obs, actions_onehot, rewards, ends, args,
+                                                                  device)
     horizon, num_envs = rewards.shape
     if args.decode_beliefs >= horizon:
         belief_steps = torch.arange(horizon, device=device)
     else:
         belief_steps = torch.randperm(horizon)[: args.decode_beliefs].to(device)
-    mask = reconstruction_mask(session_done, args.session_recon)
+    mask = reconstruction_mask(session_done, args.session_recon, ends)
     dynamics_prior = prior_net(prev_beliefs) if args.conditioning else None  # p(m' | previous session's belief)
     terms = {
         "reconstruction": reconstruction_loss(decoder, means, logvars, obs, actions_onehot, rewards, next_obs,
                                               session_done, mask, belief_steps, sample=not args.decode_mean, args=args),
-        "kl": kl_loss(means, logvars, session_done, encoder.prior(num_envs), latent_prior(args, device), dynamics_prior),
-        "termination": termination_loss(logits, session_done),
+        "kl": kl_loss(means, logvars, ends, encoder.prior(num_envs), latent_prior(args, device), dynamics_prior),
+        "termination": termination_loss(logits, ends),
     }
     termination = terms["termination"]
     if clock is not None:  # predicting the end before the transition: on a fixed schedule the GRU has to count
-        terms["session_clock"] = F.binary_cross_entropy_with_logits(clock, session_done.float())
+        terms["session_clock"] = F.binary_cross_entropy_with_logits(clock, ends.float())
         termination = termination + terms["session_clock"]
     loss = terms["reconstruction"] + args.kl_weight * terms["kl"] + args.termination_weight * termination
     if args.consistency:
-        terms["consistency"] = consistency_loss(means, logvars, session_done)
+        terms["consistency"] = consistency_loss(means, logvars, ends)
         loss = loss + args.consistency_weight * terms["consistency"]
     return loss, terms
 
@@ -593,18 +611,23 @@ class GreedyPolicy:
     def __init__(self, num_envs: int, encoder, agent, obs_scaling, space, horizon: int, args: Args, device):
         self.encoder, self.agent, self.obs_scaling, self.space, self.horizon = encoder, agent, obs_scaling, space, horizon
         self.args, self.device, self.state = args, device, BeliefState(num_envs, action_size(space), args, device)
-        self.true_end, self.detections = None, envs.protocol.SessionDetection()
+        self.true_ends, self.detections = [], envs.protocol.SessionDetection()
 
     @torch.no_grad()
     def act(self, obs, t: int) -> np.ndarray:
         obs = self.obs_scaling(obs)
-        # the head finds ends within an episode; a new episode of the consecutive protocol starts a session, and the
-        # agent sees the reset
+        if t == 0:
+            self.true_ends = []  # info["session_done"] of this episode's steps
+        # the head finds ends within an episode (the end of the transition --head-delay steps before the last one); a
+        # new episode of the consecutive protocol starts a session, and the agent sees the reset
+        delay = self.args.head_delay
+        true_end = self.true_ends[-1 - delay] if len(self.true_ends) > delay else \
+            torch.zeros(len(obs), dtype=torch.bool, device=self.device)
         known = torch.ones(len(obs), dtype=torch.bool, device=self.device) if t == 0 else \
-            self.true_end if self.args.oracle_sessions else None
+            true_end if self.args.oracle_sessions else None
         self.mean, self.logvar, logit, _ = self.state.encode(self.encoder, obs, known)
-        if self.true_end is not None:
-            self.detections.add(logit > 0, self.true_end)
+        if t > 0:
+            self.detections.add(logit > 0, true_end)
         inputs = policy_input(self.agent, obs, t, self.horizon, self.mean, self.logvar, self.args)
         self.action = self.agent.get_action_and_value(inputs, deterministic=True)[0]
         return env_action(self.action, self.space)
@@ -612,7 +635,7 @@ class GreedyPolicy:
     def observe(self, reward, info) -> None:
         self.state.observe(action_features(self.action, self.space),
                            torch.as_tensor(reward, dtype=torch.float32, device=self.device), self.mean, self.logvar)
-        self.true_end = torch.as_tensor(info["session_done"], device=self.device)
+        self.true_ends.append(torch.as_tensor(info["session_done"], device=self.device))
 
 
 SCRIPT = os.path.basename(__file__)
@@ -721,9 +744,11 @@ if __name__ == "__main__":
         with torch.no_grad():
             for t in range(horizon):
                 obs[t] = obs_scaling(next_obs)
-                true_end = session_done[t - 1] if t > 0 else None  # the transition before this step
+                # the end the head is asked about: of the transition --head-delay steps before the last one
+                late = t - 1 - args.head_delay
+                true_end = session_done[late] if late >= 0 else torch.zeros_like(session_done[0])
                 mean, logvar, termination_logit, _ = state.encode(encoder, obs[t], true_end if args.oracle_sessions else None)
-                if true_end is not None:
+                if t > 0:
                     detections.add(termination_logit > 0, true_end)
                 beliefs[t] = policy_belief(mean, logvar, args)
                 policy_inputs[t] = policy_input(agent, obs[t], t, horizon, mean, logvar, args)

@@ -40,7 +40,8 @@ RANGES = {"seed": (lambda v: True, "an integer"), "gamma": (lambda v: 0 < v <= 1
           **{name: (lambda v: v > 0, "> 0") for name in ("learning_rate", "encoder_learning_rate", "clip_coef",
                                                          "max_grad_norm", "dirichlet_alpha", "max_std")},
           **{name: (lambda v: v >= 0, "an integer >= 0") for name in ("eval_every", "encoder_updates",
-                                                                       "encoder_train_steps", "small_batch_steps")}}
+                                                                       "encoder_train_steps", "small_batch_steps",
+                                                                       "head_delay")}}
 CHECKPOINT_FORMAT = 1
 # what --resume may change; every other setting is the checkpoint's, so that a resumed run continues the run it names
 RESUMABLE = ("total_timesteps", "eval_every", "log_every", "num_threads", "cuda", "track", "wandb_project_name",

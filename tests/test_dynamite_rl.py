@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import dynamite_rl as dm
@@ -179,6 +180,29 @@ def test_no_consistency_removes_exactly_the_weighted_consistency_term():
     assert set(terms_off) == {"reconstruction", "kl", "termination", "session_clock"}
     assert_same_terms(terms_off, terms_on, terms_off)
     assert torch.equal(loss_on, loss_off + on.consistency_weight * terms_on["consistency"])
+
+
+def test_the_head_delay_moves_every_session_term_of_the_objective_to_the_delayed_ends():
+    """With --head-delay 1 the encoder's sessions, and so the termination target, the KL targets, the consistency
+    stretches and the beliefs' reconstruction sessions, end a step after the true ends; the decoded transitions keep
+    their true sessions."""
+    args = discrete_args(dm, latent_dim=3, decode_beliefs=30, head_delay=1)
+    nets, batch = networks(args), random_batch()
+    obs, actions, rewards, next_obs, done = batch
+    loss, terms = dm.vae_loss(*nets, batch, args, "cpu")
+    ends = torch.zeros_like(done)
+    ends[1:], ends[-1] = done[:-1], True  # written out: a step later, the episode's end kept
+    means, logvars, logits, prev, clock = dm.encode_episodes(nets[0], obs, actions, rewards, ends, args, "cpu")
+    torch.testing.assert_close(terms["termination"], dm.termination_loss(logits, ends))
+    torch.testing.assert_close(terms["session_clock"], F.binary_cross_entropy_with_logits(clock, ends.float()))
+    torch.testing.assert_close(terms["consistency"], dm.consistency_loss(means, logvars, ends))
+    torch.testing.assert_close(terms["kl"], dm.kl_loss(means, logvars, ends, nets[0].prior(8), dm.latent_prior(args),
+                                                      nets[2](prev)))
+    mask = dm.session_index(ends)[:, None] == dm.session_index(done)[None, :]
+    torch.testing.assert_close(terms["reconstruction"], dm.reconstruction_loss(
+        nets[1], means, logvars, obs, actions, rewards, next_obs, done, mask, torch.arange(30), sample=False, args=args))
+    now = dm.vae_loss(*nets, batch, discrete_args(dm, latent_dim=3, decode_beliefs=30), "cpu")[1]
+    assert all(not torch.allclose(now[k], terms[k]) for k in terms), "the delay must change every term"
 
 
 def test_no_session_recon_makes_every_belief_reconstruct_the_whole_episode():
@@ -376,24 +400,47 @@ SCHEDULES = [{"schedule": "fixed"}, {"schedule": "bernoulli", "session_prob": 0.
              {"schedule": "poisson", "num_sessions": 6}]
 
 
+@pytest.mark.parametrize("head_delay", [0, 1])
 @pytest.mark.parametrize("session_encoder", [False, True])
 @pytest.mark.parametrize("env_kwargs", SCHEDULES)
-def test_rollout_beliefs_with_the_true_session_ends_are_the_teacher_forced_beliefs(env_kwargs, session_encoder):
+def test_rollout_beliefs_with_the_true_session_ends_are_the_teacher_forced_beliefs(env_kwargs, session_encoder,
+                                                                                   head_delay):
     """The beliefs an agent carries through an episode, told the true session ends (--oracle-sessions), are those
-    the VAE trains on: encode_episodes over the same episode with the same ends."""
-    args = discrete_args(dm, oracle_sessions=True, session_encoder=session_encoder)
+    the VAE trains on: encode_episodes over the same episode with the same ends (--head-delay steps later)."""
+    args = discrete_args(dm, oracle_sessions=True, session_encoder=session_encoder, head_delay=head_delay)
     torch.manual_seed(0)
     encoder = dm.Encoder(6, 5, args)
     episode = greedy_episode(dm, encoder, args, env_kwargs)
     done = episode["session_done"]
     if env_kwargs["schedule"] != "fixed":
         assert (done != done[:, :1]).any(), "the sessions end at different steps in different episodes"
-    means, logvars, *_ = dm.encode_episodes(encoder, episode["obs"], episode["actions"], episode["rewards"], done,
-                                              args, "cpu")
+    means, logvars, *_ = dm.encode_episodes(encoder, episode["obs"], episode["actions"], episode["rewards"],
+                                              dm.encoder_session_done(done, head_delay), args, "cpu")
     torch.testing.assert_close(episode["beliefs"], torch.cat([means, logvars], -1))
     ignoring_ends = dm.encode_episodes(encoder, episode["obs"], episode["actions"], episode["rewards"],
                                        torch.zeros_like(done), args, "cpu")[0]
     assert not torch.allclose(means, ignoring_ends), "the session ends must matter to these beliefs"
+
+
+def test_the_head_delay_moves_the_encoders_session_ends_later_and_keeps_the_episode_end():
+    done = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1], [0, 0], [1, 1]], dtype=torch.bool)  # (H = 6, B = 2)
+    assert torch.equal(dm.encoder_session_done(done, 0), done)
+    late = torch.tensor([[0, 0], [0, 0], [1, 0], [0, 1], [1, 1], [1, 1]], dtype=torch.bool)
+    assert torch.equal(dm.encoder_session_done(done, 1), late)
+    assert torch.equal(dm.encoder_session_done(done, 2)[:, 0], torch.tensor([0, 0, 0, 1, 0, 1], dtype=torch.bool))
+
+
+def test_with_a_head_delay_each_belief_reconstructs_the_session_whose_rewards_it_has_read():
+    """The session ends after step 1. The belief at step 2 has read steps 0-1 (its input is step 1's reward): with
+    --head-delay 1 it still reconstructs the first session, and the belief at step 3 (step 2's reward) the second."""
+    done = torch.tensor([[0], [1], [0], [0], [1]], dtype=torch.bool)
+    now = dm.reconstruction_mask(done, True)[:, :, 0]
+    late = dm.reconstruction_mask(done, True, dm.encoder_session_done(done, 1))[:, :, 0]
+    first, second = torch.tensor([1, 1, 0, 0, 0], dtype=torch.bool), torch.tensor([0, 0, 1, 1, 1], dtype=torch.bool)
+    assert [row.tolist() for row in now] == [first.tolist()] * 2 + [second.tolist()] * 3
+    assert [row.tolist() for row in late] == [first.tolist()] * 3 + [second.tolist()] * 2
+    assert torch.equal(dm.reconstruction_mask(done, False, dm.encoder_session_done(done, 1)),
+                       torch.ones(5, 5, 1, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("fires", [False, True])
