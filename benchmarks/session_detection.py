@@ -13,10 +13,12 @@ session, against the true end. The episodes are encoded with the true ends (teac
 a trained agent's own rollouts log the same numbers (TensorBoard charts/session_*, eval.json session_detection).
 
 With --checkpoints it trains nothing: each trained dynamite_rl.py agent plays --test-episodes greedy episodes of its
-own task (its evaluation settings), and the head's logits at the steps that follow a true end are ranked against
-those at every other step. The AUC is the chance that a step after an end gets the higher logit (1: the head
-separates them, 0.5: it knows no more than the rate of ends); beside it the recall and precision at the threshold the
-agent acts on (logit > 0), and the recall within 5 steps.
+own task (its evaluation settings), and the head's logits at the steps where it should fire (after a true end, and
+--head-delay steps more) are ranked against those at every other step. The AUC is the chance that such a step gets
+the higher logit (1: the head separates them, 0.5: it knows no more than the rate of ends); beside it the recall and
+precision at the threshold the agent acts on (logit > 0), and the recall within 5 steps. A fresh MLP probe trained on
+half of the episodes to find the ends from the head's inputs (h_{t-1}, a_{t-1}, r, s_t) says, on the other half,
+how much those inputs hold at the step after an end (0 late) and a step later (1 late).
 """
 
 from __future__ import annotations
@@ -98,20 +100,47 @@ def ranking_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
                  / (len(positives) * len(negatives)))
 
 
+def probe_auc(features: np.ndarray, targets: np.ndarray, seed: int, updates: int = 1500) -> float:
+    """What ``features`` (B, T, F) hold about ``targets`` (B, T): the held-out AUC of a fresh two-layer MLP trained
+    with cross-entropy on the first half of the episodes and tested on the second half."""
+    torch.manual_seed(seed)
+    x = torch.as_tensor(features, dtype=torch.float32)
+    y = torch.as_tensor(targets, dtype=torch.float32)
+    half = len(x) // 2
+    mean, std = x[:half].flatten(0, 1).mean(0), x[:half].flatten(0, 1).std(0) + 1e-6
+    x = (x - mean) / std
+    probe = torch.nn.Sequential(torch.nn.Linear(x.shape[-1], 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-3, weight_decay=1e-4)
+    for _ in range(updates):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(probe(x[:half]).squeeze(-1), y[:half])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        scores = probe(x[half:]).squeeze(-1).numpy()
+    tested = targets[half:].astype(bool)
+    return ranking_auc(scores[tested], scores[~tested])
+
+
 def trained_head(path: str, episodes: int, seed: int, within: int = 5) -> dict:
     """The termination head of a trained dynamite_rl.py agent on ``episodes`` greedy episodes of its task: the AUC of
-    its logit at the steps after a true end against all other steps, and its recall and precision at logit > 0."""
+    its logit at the steps where it should fire (a true end --head-delay steps before the last transition) against
+    all other steps, its recall and precision at logit > 0, and what a fresh probe of the head's inputs finds at the
+    step after an end and a step later."""
     from benchmarks.trained import load_agent
 
     run = load_agent(path, ("dynamite_rl.py",))
+    delay = getattr(run["args"], "head_delay", 0)
     vector_env = envs.protocol.make_vector_env(run["args"].env_id, episodes, run["eval_env_kwargs"])
     policy = run["algo"].GreedyPolicy(episodes, run["encoder"], run["agent"], run["obs_scaling"], run["space"],
                                       run["horizon"], run["args"], "cpu")
-    logits, ends, ended = [], [], np.zeros(episodes, dtype=bool)
+    logits, inputs, dones = [], [], []
     encode = policy.state.encode
 
-    def recording(*inputs):  # the policy's own encoding step, its termination logit kept
-        out = encode(*inputs)
+    def recording(encoder, obs, *rest):  # the policy's own encoding step: the head's inputs and logit kept
+        state = policy.state
+        inputs.append(torch.cat([state.hidden, state.prev_action, state.reward, obs], -1).numpy())
+        out = encode(encoder, obs, *rest)
         logits.append(out[2].numpy())
         return out
 
@@ -119,24 +148,26 @@ def trained_head(path: str, episodes: int, seed: int, within: int = 5) -> dict:
     obs, _ = vector_env.reset(seed=seed)
     for t in range(run["horizon"]):
         action = policy.act(obs, t)
-        ends.append(ended)
         obs, reward, _, _, info = vector_env.step(action)
         policy.observe(reward, info)
-        ended = np.asarray(info["session_done"], dtype=bool)
+        dones.append(np.asarray(info["session_done"], dtype=bool))
     vector_env.close()
-    logits, ends = np.array(logits)[1:], np.array(ends)[1:]  # step 0 starts the episode: no end to find
+    dones, inputs = np.array(dones), np.array(inputs)
+    # at step t the head is asked about the end of transition t - 1 - delay (step 0 follows none)
+    logits, ends = np.array(logits)[1 + delay:], dones[: len(dones) - 1 - delay]
     fired = logits > 0
     found = []  # each true end: fired at its step or within the next ``within`` steps, before the next end
     for t, b in np.argwhere(ends):
         later = np.nonzero(ends[t + 1:, b])[0]
         stop = min(t + within, t + 1 + later[0]) if len(later) else t + within
         found.append(fired[t:stop, b].any())
-    return {"checkpoint": path, "env_id": run["args"].env_id, "ends": int(ends.sum()),
+    probes = {f"probe AUC, {d} late": probe_auc(inputs[1 + d:].swapaxes(0, 1), dones[: len(dones) - 1 - d].T, seed)
+              for d in (0, 1)}
+    return {"checkpoint": path, "env_id": run["args"].env_id, "head delay": delay, "ends": int(ends.sum()),
             "auc": ranking_auc(logits[ends], logits[~ends]),
             "recall": float(fired[ends].mean()) if ends.any() else float("nan"),
             "precision": float(ends[fired].mean()) if fired.any() else float("nan"),
-            f"recall within {within}": float(np.mean(found)) if found else float("nan"),
-            "logit after an end": float(logits[ends].mean()), "logit elsewhere": float(logits[~ends].mean())}
+            f"recall within {within}": float(np.mean(found)) if found else float("nan"), **probes}
 
 
 def measure_trained(args: Args) -> dict:
@@ -154,9 +185,12 @@ def measure_trained(args: Args) -> dict:
     with open(f"{args.output}.md", "w") as f:
         f.write(f"# The termination heads of trained agents\n\n`{command}`\n\nEach trained DynaMITE-RL agent plays "
                 f"{args.test_episodes} greedy episodes of its task (seed {args.seed}). AUC: the chance that the head's "
-                "logit at a step that follows a true session end is above its logit at another step (0.5: it knows "
-                "no more than how often ends come). Recall and precision at the exact step and logit > 0, the "
-                "threshold the agent acts on; recall within 5: the ends found by then.\n\n"
+                "logit at a step where it should fire (after a true session end, and --head-delay steps more) is "
+                "above its logit at another step (0.5: it knows no more than how often ends come). Recall and "
+                "precision at that step and logit > 0, the threshold the agent acts on; recall within 5: the ends "
+                "found by then. Probe AUC: a fresh MLP trained on half of the episodes to find the ends from the "
+                "head's inputs, tested on the other half, at the step after an end (0 late) and a step later (1 "
+                "late).\n\n"
                 "| run | task | " + " | ".join(keys) + " |\n|---|---|" + "---:|" * len(keys) + "\n")
         for row in rows:
             f.write(f"| {row['checkpoint']} | {row['env_id']} | " + " | ".join(str(row[k]) for k in keys) + " |\n")

@@ -259,6 +259,17 @@ def test_the_ranking_auc_of_hand_made_scores():
     assert np.isnan(ranking_auc(np.array([]), np.array([1.0])))
 
 
+def test_the_probe_finds_what_the_features_hold_and_nothing_in_noise():
+    from benchmarks.session_detection import probe_auc
+
+    rng = np.random.default_rng(0)
+    targets = rng.random((40, 50)) < 0.1  # (episodes, steps)
+    noise = rng.normal(size=(40, 50, 3))
+    held = np.concatenate([noise, targets[..., None] + 0.1 * rng.normal(size=(40, 50, 1))], -1)
+    assert probe_auc(held, targets, seed=0, updates=300) > 0.99
+    assert abs(probe_auc(noise, targets, seed=0, updates=300) - 0.5) < 0.1
+
+
 @pytest.mark.slow
 def test_session_detection_measures_the_head_of_a_trained_agent_on_its_own_episodes(finished_run, tmp_path):
     from benchmarks import session_detection
@@ -269,6 +280,7 @@ def test_session_detection_measures_the_head_of_a_trained_agent_on_its_own_episo
     row = result["rows"][0]
     assert row["env_id"] == "dynamite/Gridworld-v0" and row["ends"] == 8 * 3  # 4 sessions: 3 ends an episode
     assert 0 <= row["auc"] <= 1 and 0 <= row["recall"] <= row["recall within 5"] <= 1
+    assert row["head delay"] == 0 and all(0 <= row[f"probe AUC, {d} late"] <= 1 for d in (0, 1))
     assert (tmp_path / "heads.md").read_text().count("\n| ") == 2  # the header and one row
     with pytest.raises(SystemExit, match="this needs dynamite_rl.py runs"):
         session_detection.main(session_detection.Args(checkpoints=[os.path.join(finished_run("varibad.py"),
