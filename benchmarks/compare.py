@@ -47,6 +47,8 @@ METHODS = {
     # the learned bounds of a task: PPO told the true latent, and PPO on (s, t/H) with no memory
     "oracle": ("oracle (PPO told the latent)", "ppo.py", ["--observe-latent"]),
     "no-inference": ("no inference (PPO on s, t/H)", "ppo.py", []),
+    # an upper reference with memory: RL²'s recurrent policy, told the latent too
+    "rl2-oracle": ("RL² told the latent", "rl2.py", ["--env-kwargs", '{"observe_latent": true}']),
     # the Gaussian policy's std left unbounded, as before --max-std (continuous tasks)
     "unbounded-std": ("DynaMITE-RL, unbounded policy std", "dynamite_rl.py", ["--max-std", "None"]),
     # the structured latent (README): the paper's Gau(5), Dir(2, 4) and Dir(2, 4) + Gau(2)
