@@ -114,7 +114,8 @@ def welch(mine: list[float], theirs: list[float]) -> Verdict:
     difference = float(a.mean() - b.mean()) if len(a) and len(b) else float("nan")
     pairs = {"ahead": int((a[:, None] > b[None, :]).sum()), "pairs": len(a) * len(b)}
     if len(a) < 2 or len(b) < 2:
-        return Verdict(difference, float("nan"), float("nan"), "fewer than 2 seeds", **pairs)
+        word = "no finished run" if not len(a) or not len(b) else "fewer than 2 seeds"
+        return Verdict(difference, float("nan"), float("nan"), word, **pairs)
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     if va + vb == 0:
         word = "not separated" if difference == 0 else ("confirmed" if difference > 0 else "refuted")

@@ -24,7 +24,7 @@ def test_welch_confirms_refutes_or_leaves_unseparated_on_hand_made_seeds():
     assert table1.welch([2.0, 3.0, 4.0], [0.0, 1.0, 2.0]).word == "not separated"
     assert table1.welch([2.5, 3.5, 4.5], [0.0, 1.0, 2.0]).word == "confirmed"
     assert table1.welch([5.0], [1.0, 2.0]).word == "fewer than 2 seeds"
-    assert table1.welch([], [1.0, 2.0]).word == "fewer than 2 seeds"
+    assert table1.welch([], [1.0, 2.0]).word == "no finished run"
     assert table1.welch([2.0, 2.0], [2.0, 2.0]).word == "not separated"
     assert table1.welch([3.0, 3.0], [2.0, 2.0]).word == "confirmed"
 
@@ -92,7 +92,7 @@ def test_the_table_reads_every_tasks_record_between_its_bounds_and_judges_each_c
     assert cells[2].startswith("not separated: +0.0")  # ContraBAR: the same mean
     assert cells[3].startswith("confirmed: +80.0") and "ahead in 9/9 pairs" in cells[3]  # over VariBAD
     assert cells[4] == "refuted"
-    assert "| ScratchItch | fewer than 2 seeds | not run | not separated" in text
+    assert "| ScratchItch | no finished run | not run | not separated" in text
     assert "RL² > DynaMITE-RL > ContraBAR > VariBAD" in text or "RL² > ContraBAR > DynaMITE-RL > VariBAD" in text
     assert "on each side: 1 confirmed, 1 refuted, 2 not separated." in text
 
