@@ -527,7 +527,7 @@ def vae_loss(encoder, decoder, prior_net, batch, args, device):
     """The DynaMITE-RL objective (paper eq. 6) on a batch of episodes; returns (loss, dict of terms). With all three
     components off it is VariBAD's objective plus the termination head's (and the session clock's) cross-entropy."""
     obs, actions_onehot, rewards, next_obs, session_done = batch
-    ends = encoder_session_done(session_done, args.head_delay)  # where the encoder's sessions end (= session_done)
+    ends = encoder_session_done(session_done, args.head_delay)  # the encoder's sessions (session_done at delay 0)
     means, logvars, logits, prev_beliefs, clock = encode_episodes(encoder, obs, actions_onehot, rewards, ends, args,
                                                                   device)
     horizon, num_envs = rewards.shape

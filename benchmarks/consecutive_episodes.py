@@ -76,7 +76,7 @@ class CarryPolicy:
                                                        torch.zeros_like(state.belief))
         if self.mode == "nothing":
             state.prev_action, state.reward = torch.zeros_like(state.prev_action), torch.zeros_like(state.reward)
-            state.started, self.policy.true_end = False, None
+            state.started, self.policy.true_ends = False, []
 
     def act(self, obs, t: int) -> np.ndarray:
         if t == 0:

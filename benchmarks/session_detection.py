@@ -91,11 +91,8 @@ def ranking_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
     """The chance that a positive scores above a negative (ties count half); nan without both."""
     if not len(positives) or not len(negatives):
         return float("nan")
-    ranks = np.concatenate([positives, negatives]).argsort(kind="stable").argsort() + 1.0
-    values = np.concatenate([positives, negatives])
-    for value in np.unique(values):  # tied values share their mean rank
-        tied = values == value
-        ranks[tied] = ranks[tied].mean()
+    _, group, counts = np.unique(np.concatenate([positives, negatives]), return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[group]  # 1-based ranks, tied values sharing their mean rank
     return float((ranks[: len(positives)].sum() - len(positives) * (len(positives) + 1) / 2)
                  / (len(positives) * len(negatives)))
 

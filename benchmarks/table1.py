@@ -257,15 +257,11 @@ def main(args: Args) -> None:
                 f"{' '.join(TASKS[task].methods)} --seeds {' '.join(map(str, args.seeds))} --runs-dir "
                 f"{os.path.join(args.runs_root, TASKS[task].runs)} --output {os.path.join(args.docs, TASKS[task].report)}`"
                 f" ([report]({TASKS[task].report}.md))" for task in args.tasks]
-    lines = ["# The paper's Table 1, regenerated", "",
-             f"Command: `{' '.join(['python benchmarks/table1.py', shlex.join(sys.argv[1:])]).strip()}`. "
-             "Each task is the comparison below, with its own report (learning curves, returns per session, the "
-             "five consecutive episodes) and its record of runs; each run at the scripts' defaults (6 M env steps).",
-             "", *commands, "", *table, "", f"![{os.path.basename(figure)}]({os.path.basename(figure)})"]
-    with open(os.path.join(args.docs, "table1.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(table))
-    print(f"wrote {os.path.join(args.docs, 'table1.md')} and {figure}")
+    command = " ".join(["python benchmarks/table1.py", shlex.join(sys.argv[1:])]).strip()
+    compare.write_report(os.path.join(args.docs, "table1"), "The paper's Table 1, regenerated", command,
+                         "each task is the comparison below, with its own report of learning curves, returns per "
+                         "session and five consecutive episodes, and its record of runs; every run at the scripts' "
+                         "defaults, 6 M env steps", [*commands, "", *table], [figure], {})
     if failed:
         raise SystemExit(f"error: the comparisons of {', '.join(failed)} failed (see their output above)")
 

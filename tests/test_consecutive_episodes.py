@@ -22,11 +22,11 @@ def test_each_mode_forgets_what_it_does_not_keep(mode, forgotten):
     policy = dynamite_rl.GreedyPolicy(3, None, None, None, gym.spaces.Discrete(5), 60, args, "cpu")
     for name in MEMORY:
         setattr(policy.state, name, torch.ones_like(getattr(policy.state, name)))
-    policy.state.started, policy.true_end = True, torch.ones(3, dtype=torch.bool)
+    policy.state.started, policy.true_ends = True, [torch.ones(3, dtype=torch.bool)]
     consecutive.CarryPolicy(policy, mode).forget()
     assert {name for name in MEMORY if not getattr(policy.state, name).any()} == forgotten
     assert all(getattr(policy.state, name).all() for name in set(MEMORY) - forgotten)
-    assert policy.state.started == (mode != "nothing") and (policy.true_end is None) == (mode == "nothing")
+    assert policy.state.started == (mode != "nothing") and (policy.true_ends == []) == (mode == "nothing")
 
 
 def test_without_a_checkpoint_or_with_one_episode_it_says_what_to_give():

@@ -71,7 +71,8 @@ BAD_SETTINGS = [
 OWN_BAD_SETTINGS = {
     "dynamite_rl.py": [(["--consistency-weight", "-1"], "error: --consistency-weight -1.0 is out of range: it must be >= 0"),
                        (["--encoder-learning-rate", "0"], "error: --encoder-learning-rate 0.0 is out of range: it must be > 0"),
-                       (["--decode-beliefs", "0"], "error: --decode-beliefs 0 is out of range: it must be an integer >= 1")],
+                       (["--decode-beliefs", "0"], "error: --decode-beliefs 0 is out of range: it must be an integer >= 1"),
+                       (["--head-delay", "-1"], "error: --head-delay -1 is out of range: it must be an integer >= 0")],
     "varibad.py": [(["--kl-weight", "-0.1"], "error: --kl-weight -0.1 is out of range: it must be >= 0"),
                    (["--encoder-updates", "-1"], "error: --encoder-updates -1 is out of range: it must be an integer >= 0")],
     "contrabar.py": [(["--encoder-train-steps", "-1"], "error: --encoder-train-steps -1 is out of range: it must be an integer >= 0"),

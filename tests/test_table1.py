@@ -40,8 +40,9 @@ def test_welch_degrees_of_freedom_with_unequal_variances_and_seed_counts():
 def test_the_critical_value_rounds_the_degrees_of_freedom_down():
     assert table1.critical_t(2.9) == 4.303 and table1.critical_t(3.0) == 3.182
     assert table1.critical_t(0.5) == 12.706 and table1.critical_t(500.0) == 1.960
-    # a t of 3.5 separates at df 3.0 but not at df 2.9 (the stricter rounding)
-    assert 3.182 < 3.5 < 4.303
+    # Welch's test rounds its df down: t = 8.8 at df 1.9 uses df 1's bar (12.7), not df 2's (4.3), and separates nothing
+    verdict = table1.welch([10.0, 11.0, 12.0, 13.0], [0.0, 2.0])
+    assert 1 < verdict.df < 2 and 4.303 < verdict.t < 12.706 and verdict.word == "not separated"
 
 
 def test_the_readme_quotes_the_papers_table_1_as_the_script_holds_it():
