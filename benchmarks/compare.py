@@ -478,7 +478,7 @@ def write_report(output: str, title: str, command: str, ran: str, table: list[st
     with open(f"{output}.md", "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(table))
-    print(f"wrote {output}.md and {', '.join(figures)}")
+    print(f"wrote {output}.md" + (f" and {', '.join(figures)}" if figures else ""))
     if failures:
         raise SystemExit(f"error: {len(failures)} run(s) failed: {', '.join(failures)} (see their stdout.log)")
 

@@ -87,7 +87,7 @@ class Args:
     track: bool = False
     """every run logs to one wandb project, grouped by task"""
     docs: str = "docs"
-    """where each task's report and record are, and where table1.md and table1.png are written"""
+    """where each task's report and record are, and where the script's own page is written"""
     runs_root: str = "runs"
     """where each task's runs folder is"""
 

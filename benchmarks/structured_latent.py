@@ -1,0 +1,171 @@
+"""The structured latent, measured: Gau(5), Dir(2, 4) and Dir(2, 4) + Gau(2) beliefs on the tasks where the latent is
+which of a few base tasks pays (the structured-latent paper's claim: a structured latent infers tasks better).
+
+    python benchmarks/structured_latent.py --report-only      # the table from the runs recorded in docs/ (seconds)
+    python benchmarks/structured_latent.py --tasks PointRobot # train what one task is missing (hours), then the table
+    python benchmarks/structured_latent.py                    # every task: 36 runs, many hours on 2 cores
+
+Each task is one comparison of benchmarks/compare.py (its own report, curves and record of runs in docs/); this script
+runs those comparisons as subprocesses (each trains only what its record lacks), reads every finished run into one
+table beside the paper's PEARL values, and judges "the structured latent returns more than Gau(5)" per task and
+script with Welch's two-sided t-test at the 5% level over the seeds (benchmarks/table1.py). Where the seed-1
+checkpoints of the static point robot are on disk, it also draws their trajectories (benchmarks/pointrobot_trajectories.py:
+the paper's Figures 2-3).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+import tyro
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import compare, table1
+
+TEST_TASKS = "--eval-env-kwargs '{\"task_set\": \"test\"}'"  # the point robot is evaluated on its 10 held-out goals
+
+
+@dataclass(frozen=True)
+class Task:
+    env_id: str
+    report: str  # the comparison's report (under --docs) and the folder of its runs (under --runs-root)
+    runs: str
+    scripts: tuple[str, ...]  # method prefixes: "dynamite", "varibad"
+    extra: str  # flags of every run of the task (its environment's settings)
+
+    @property
+    def methods(self) -> list[str]:
+        return [f"{script}-{latent}" for script in self.scripts for latent in LATENTS]
+
+
+LATENTS = {"gau5": "Gau(5)", "dir": "Dir(2, 4)", "dir-gau": "Dir(2, 4) + Gau(2)"}  # compare.py's method suffixes
+SCRIPTS = {"dynamite": "DynaMITE-RL", "varibad": "VariBAD"}
+TASKS = {
+    # the paper's static task: one session of 20 steps, trained on the 30 training goals, evaluated on the 10 test ones
+    "PointRobot": Task("dynamite/PointRobot-v0", "pointrobot_latents", "benchmark_pointrobot", ("dynamite", "varibad"),
+                       TEST_TASKS),
+    # its DLCMDP: 4 sessions of 20 steps, the mixture weights swapped with probability 0.8 at each session end
+    "PointRobot, 4 sessions": Task("dynamite/PointRobot-v0", "pointrobot_sessions_latents",
+                                   "benchmark_pointrobot_sessions", ("dynamite",),
+                                   "--env-kwargs '{\"horizon\": 80}' " + TEST_TASKS),
+    "Gridworld, 4 goals": Task("dynamite/Gridworld-v0", "gridworld_4goals_latents", "benchmark_gridworld_4goals",
+                               ("dynamite",), "--env-kwargs '{\"num_goals\": 4}'"),
+}
+# the structured-latent paper's Table 1: PEARL's return on its point robot with each latent (one value each, read once)
+PAPER = {"Gau(5)": 10.2, "Cat(2, 4)": 4.6, "Cat(2, 4) + Gau(2)": 9.5, "Dir(2, 4)": 11.3, "Dir(2, 4) + Gau(2)": 12.2}
+
+
+@dataclass
+class Args(table1.Args):  # the same settings as table1.py's, over these tasks
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    """the tasks to train and report: any of PointRobot, "PointRobot, 4 sessions", "Gridworld, 4 goals\""""
+
+
+def settings(task: Task, args: Args) -> compare.Args:
+    """The compare.py settings of ``task``'s comparison."""
+    return compare.Args(env_id=task.env_id, methods=task.methods, seeds=args.seeds, extra=task.extra,
+                        runs_dir=os.path.join(args.runs_root, task.runs), output=os.path.join(args.docs, task.report))
+
+
+def command(task: Task, args: Args) -> list[str]:
+    """compare.py's command line for ``task`` (without the interpreter)."""
+    s = settings(task, args)
+    return ["benchmarks/compare.py", "--env-id", s.env_id, "--methods", *s.methods, "--seeds", *map(str, s.seeds),
+            f"--extra={s.extra}", "--runs-dir", s.runs_dir, "--output", s.output]
+
+
+def shown(line: list[str]) -> str:
+    """A command line as one would type it in bash: --extra's value in double quotes, the rest quoted by shlex."""
+    return " ".join('--extra="' + word[len("--extra="):].replace('"', '\\"') + '"' if word.startswith("--extra=")
+                    else shlex.quote(word) for word in line)
+
+
+def finals(task: Task, args: Args) -> dict[str, list[float]]:
+    """Each method's final greedy return per finished seed on ``task`` (runs restored from the task's record first)."""
+    s = settings(task, args)
+    compare.restore(f"{s.output}_runs.json", s.runs_dir, compare.make_runs(s))
+    return {method: [run["evaluations"][-1]["return"] for run in runs] for method, runs in compare.load(s).items()}
+
+
+def summarize(results: dict[str, dict[str, list[float]]], seeds: int) -> list[str]:
+    """The tables of structured_latent.md from each task's final returns per method."""
+    lines = ["## Final return per latent", "", "| task | script | " + " | ".join(LATENTS.values()) + " |",
+             "| --- | --- |" + " ---: |" * len(LATENTS)]
+    for task, returns in results.items():
+        for script in TASKS[task].scripts:
+            cells = []
+            for latent in LATENTS:
+                values = returns.get(f"{script}-{latent}", [])
+                cells.append("–" if not values else f"{np.mean(values):.2f} ± {np.std(values):.2f}"
+                             + ("" if len(values) == seeds else f" [{len(values)} of {seeds} seeds]"))
+            lines.append(f"| {task} | {SCRIPTS[script]} | " + " | ".join(cells) + " |")
+    lines += ["", f"Greedy return of each run's final evaluation (the point robot's on its 10 test goals), mean ± std "
+              f"over {seeds} seeds (fewer where said).", "", "The paper's PEARL on its point robot (one value per "
+              "latent; off-policy, where these learners are on-policy PPO): "
+              + ", ".join(f"{name} {value}" for name, value in PAPER.items()) + ".", "",
+              "## The paper's claim: a structured latent returns more than Gau(5)", "",
+              "| task | script | " + " | ".join(f"{LATENTS[latent]} over Gau(5)" for latent in ("dir", "dir-gau"))
+              + " |", "| --- | --- | --- | --- |"]
+    for task, returns in results.items():
+        for script in TASKS[task].scripts:
+            cells = []
+            for latent in ("dir", "dir-gau"):
+                v = table1.welch(returns.get(f"{script}-{latent}", []), returns.get(f"{script}-gau5", []))
+                test = f"t {v.t:.1f}, df {v.df:.1f}; " if np.isfinite(v.df) else ""
+                cells.append(v.word if not np.isfinite(v.difference) else
+                             f"{v.word}: {v.difference:+.2f} ({test}ahead in {v.ahead}/{v.pairs} pairs)")
+            lines.append(f"| {task} | {SCRIPTS[script]} | " + " | ".join(cells) + " |")
+    lines += ["", "Each cell: the verdict of Welch's two-sided t-test at the 5% level (confirmed: the structured "
+              "latent returns more; refuted: less; not separated), the difference of the means, t with its degrees "
+              "of freedom, and in how many pairs of seeds (one of each) the structured latent returned more."]
+    return lines
+
+
+def trajectories(args: Args) -> list[str]:
+    """Draw the static point robot's seed-1 agents (the paper's Figures 2-3) where their checkpoints are on disk;
+    the lines that point to the figure (none where a checkpoint is missing, e.g. on a fresh checkout)."""
+    task = TASKS["PointRobot"]
+    paths = [os.path.join(args.runs_root, task.runs, method, f"seed{min(args.seeds)}", "checkpoint.pt")
+             for method in task.methods]
+    output = os.path.join(args.docs, "pointrobot_trajectories")
+    if "PointRobot" not in args.tasks or not all(os.path.exists(p) for p in paths):
+        return []
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "pointrobot_trajectories.py"), "--checkpoints",
+                    *paths, "--output", output], check=True)
+    return ["", f"Trajectories of the seed-{min(args.seeds)} agents on the test goals and with latents drawn from the "
+                f"prior: [{os.path.basename(output)}.md]({os.path.basename(output)}.md).", "",
+            f"![{os.path.basename(output)}.png]({os.path.basename(output)}.png)"]
+
+
+def main(args: Args) -> None:
+    unknown = [t for t in args.tasks if t not in TASKS]
+    if unknown:
+        raise SystemExit(f"error: unknown tasks {unknown}; known: {', '.join(TASKS)}")
+    failed = []
+    for task in ([] if args.report_only else args.tasks):
+        line = command(TASKS[task], args) + ["--workers", str(args.workers)]
+        line += (["--ray-address", args.ray_address] if args.ray_address else []) + (["--track"] if args.track else [])
+        print("$ python " + shown(line), flush=True)
+        if subprocess.run([sys.executable, os.path.join(ROOT, line[0]), *line[1:]]).returncode != 0:
+            failed.append(task)
+    results = {task: finals(TASKS[task], args) for task in args.tasks}
+    lines = [f"- {task}: `python {shown(command(TASKS[task], args))}` ([report]({TASKS[task].report}.md))"
+             for task in args.tasks]
+    lines += ["", *summarize(results, len(args.seeds)), *trajectories(args)]
+    compare.write_report(os.path.join(args.docs, "structured_latent"), "The structured latent, measured",
+                         " ".join(["python benchmarks/structured_latent.py", shlex.join(sys.argv[1:])]),
+                         "each task is the comparison below, with its own report and record of runs; every run at "
+                         "the scripts' defaults", lines, [], {})
+    if failed:
+        raise SystemExit(f"error: the comparisons of {', '.join(failed)} failed (see their output above)")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
