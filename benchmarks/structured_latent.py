@@ -3,14 +3,16 @@ which of a few base tasks pays (the structured-latent paper's claim: a structure
 
     python benchmarks/structured_latent.py --report-only      # the table from the runs recorded in docs/ (seconds)
     python benchmarks/structured_latent.py --tasks PointRobot # train what one task is missing (hours), then the table
-    python benchmarks/structured_latent.py                    # every task: 36 runs, many hours on 2 cores
+    python benchmarks/structured_latent.py                    # every task: 54 runs, many hours on 2 cores
 
 Each task is one comparison of benchmarks/compare.py (its own report, curves and record of runs in docs/); this script
 runs those comparisons as subprocesses (each trains only what its record lacks), reads every finished run into one
 table beside the paper's PEARL values, and judges "the structured latent returns more than Gau(5)" per task and
-script with Welch's two-sided t-test at the 5% level over the seeds (benchmarks/table1.py). Where the seed-1
-checkpoints of the static point robot are on disk, it also draws their trajectories (benchmarks/pointrobot_trajectories.py:
-the paper's Figures 2-3).
+script with Welch's two-sided t-test at the 5% level over the seeds (benchmarks/table1.py). Every task has two
+learned bounds (PPO told the latent, PPO on (s, t/H)); each result is read between them, and per session where a
+task has several. Where the seed-1 checkpoints of the static point robot are on disk, it also draws their
+trajectories (benchmarks/pointrobot_trajectories.py: the paper's Figures 2-3), and where those of Dirichlet latents
+are, it reads what their beliefs learned (benchmarks/dirichlet_belief.py).
 """
 
 from __future__ import annotations
@@ -41,12 +43,19 @@ class Task:
     extra: str  # flags of every run of the task (its environment's settings)
 
     @property
-    def methods(self) -> list[str]:
+    def latent_methods(self) -> list[str]:
         return [f"{script}-{latent}" for script in self.scripts for latent in LATENTS]
+
+    @property
+    def methods(self) -> list[str]:
+        return self.latent_methods + list(BOUNDS)
 
 
 LATENTS = {"gau5": "Gau(5)", "dir": "Dir(2, 4)", "dir-gau": "Dir(2, 4) + Gau(2)"}  # compare.py's method suffixes
 SCRIPTS = {"dynamite": "DynaMITE-RL", "varibad": "VariBAD"}
+# every task's learned bounds (compare.py's methods): PPO told the latent, and PPO on (s, t/H); none of these tasks has
+# an exact reference that fits in memory
+BOUNDS = {"oracle": "oracle", "no-inference": "no inference"}
 TASKS = {
     # the paper's static task: one session of 20 steps, trained on the 30 training goals, evaluated on the 10 test ones
     "PointRobot": Task("dynamite/PointRobot-v0", "pointrobot_latents", "benchmark_pointrobot", ("dynamite", "varibad"),
@@ -87,33 +96,55 @@ def shown(line: list[str]) -> str:
                     else shlex.quote(word) for word in line)
 
 
-def finals(task: Task, args: Args) -> dict[str, list[float]]:
-    """Each method's final greedy return per finished seed on ``task`` (runs restored from the task's record first)."""
+def finals(task: Task, args: Args) -> dict[str, list[dict]]:
+    """Each method's final evaluation per finished seed on ``task`` (runs restored from the task's record first)."""
     s = settings(task, args)
     compare.restore(f"{s.output}_runs.json", s.runs_dir, compare.make_runs(s))
-    return {method: [run["evaluations"][-1]["return"] for run in runs] for method, runs in compare.load(s).items()}
+    return {method: [run["evaluations"][-1] for run in runs] for method, runs in compare.load(s).items()}
 
 
-def summarize(results: dict[str, dict[str, list[float]]], seeds: int) -> list[str]:
-    """The tables of structured_latent.md from each task's final returns per method."""
-    lines = ["## Final return per latent", "", "| task | script | " + " | ".join(LATENTS.values()) + " |",
-             "| --- | --- |" + " ---: |" * len(LATENTS)]
-    for task, returns in results.items():
+def returns_of(finals_: dict[str, list[dict]]) -> dict[str, list[float]]:
+    return {method: [final["return"] for final in evaluations] for method, evaluations in finals_.items()}
+
+
+def between(value: float, returns: dict[str, list[float]]) -> float:
+    """Where ``value`` sits between the task's two learned bounds: 0 at no inference's mean, 1 at the oracle's (NaN
+    while either has no finished run)."""
+    if not returns.get("oracle") or not returns.get("no-inference"):
+        return float("nan")
+    top, bottom = np.mean(returns["oracle"]), np.mean(returns["no-inference"])
+    return float((value - bottom) / (top - bottom)) if top != bottom else float("nan")
+
+
+def mean_cell(values: list[float], seeds: int) -> str:
+    return "–" if not values else (f"{np.mean(values):.2f} ± {np.std(values):.2f}"
+                                   + ("" if len(values) == seeds else f" [{len(values)} of {seeds} seeds]"))
+
+
+def summarize(results: dict[str, dict[str, list[dict]]], seeds: int) -> list[str]:
+    """The tables of structured_latent.md from each task's final evaluations per method."""
+    lines = ["## Final return per latent", "", "| task | script | " + " | ".join(LATENTS.values())
+             + " | bounds: oracle / no inference |", "| --- | --- |" + " ---: |" * (len(LATENTS) + 1)]
+    for task, finals_ in results.items():
+        returns = returns_of(finals_)
+        bounds = " / ".join(mean_cell(returns.get(bound, []), seeds) for bound in BOUNDS)
         for script in TASKS[task].scripts:
             cells = []
             for latent in LATENTS:
                 values = returns.get(f"{script}-{latent}", [])
-                cells.append("–" if not values else f"{np.mean(values):.2f} ± {np.std(values):.2f}"
-                             + ("" if len(values) == seeds else f" [{len(values)} of {seeds} seeds]"))
-            lines.append(f"| {task} | {SCRIPTS[script]} | " + " | ".join(cells) + " |")
+                fraction = between(np.mean(values), returns) if values else float("nan")
+                cells.append(mean_cell(values, seeds) + ("" if np.isnan(fraction) else f" ({fraction:.0%})"))
+            lines.append(f"| {task} | {SCRIPTS[script]} | " + " | ".join(cells) + f" | {bounds} |")
     lines += ["", f"Greedy return of each run's final evaluation (the point robot's on its 10 test goals), mean ± std "
-              f"over {seeds} seeds (fewer where said).", "", "The paper's PEARL on its point robot (one value per "
-              "latent; off-policy, where these learners are on-policy PPO): "
-              + ", ".join(f"{name} {value}" for name, value in PAPER.items()) + ".", "",
+              f"over {seeds} seeds (fewer where said); in brackets, where the mean sits between the task's learned "
+              "bounds: (return − no inference) / (oracle − no inference), 0% at the no-inference bound and 100% at "
+              "the oracle's.", "", "The paper's PEARL on its point robot (one value per latent; off-policy, where these "
+              "learners are on-policy PPO): " + ", ".join(f"{name} {value}" for name, value in PAPER.items()) + ".", "",
               "## The paper's claim: a structured latent returns more than Gau(5)", "",
               "| task | script | " + " | ".join(f"{LATENTS[latent]} over Gau(5)" for latent in ("dir", "dir-gau"))
               + " |", "| --- | --- | --- | --- |"]
-    for task, returns in results.items():
+    for task, finals_ in results.items():
+        returns = returns_of(finals_)
         for script in TASKS[task].scripts:
             cells = []
             for latent in ("dir", "dir-gau"):
@@ -125,7 +156,29 @@ def summarize(results: dict[str, dict[str, list[float]]], seeds: int) -> list[st
     lines += ["", "Each cell: the verdict of Welch's two-sided t-test at the 5% level (confirmed: the structured "
               "latent returns more; refuted: less; not separated), the difference of the means, t with its degrees "
               "of freedom, and in how many pairs of seeds (one of each) the structured latent returned more."]
-    return lines
+    return lines + sessions_table(results)
+
+
+def sessions_table(results: dict[str, dict[str, list[dict]]]) -> list[str]:
+    """Per task with several sessions: each method's mean return in every session. Inference across sessions shows
+    as later sessions that return more than the first, as the oracle's do."""
+    rows = []
+    for task, finals_ in results.items():
+        labels = {f"{script}-{latent}": f"{SCRIPTS[script]}, {name}" for script in TASKS[task].scripts
+                  for latent, name in LATENTS.items()} | BOUNDS
+        for method, label in labels.items():
+            evaluations = [e for e in finals_.get(method, []) if len(e.get("return_per_session", [])) > 1]
+            if evaluations:
+                sessions = compare.per_session(evaluations).mean(0)
+                rows.append(f"| {task} | {label} | {len(evaluations)} | " + " / ".join(f"{v:.2f}" for v in sessions)
+                            + f" | {sessions[1:].mean() - sessions[0]:+.2f} |")
+    if not rows:
+        return []
+    return ["", "## Return per session", "", "| task | method | seeds | per session | later sessions over the first |",
+            "| --- | --- | ---: | --- | ---: |", *rows, "", "Mean over seeds of each session's greedy return in the "
+            "final evaluation, and the mean of the later sessions' minus the first's. A belief carried across a session "
+            "end can only help in the later sessions; the oracle, told the latent, shows what a session is worth "
+            "when the latent is known."]
 
 
 def trajectories(args: Args) -> list[str]:
@@ -133,7 +186,7 @@ def trajectories(args: Args) -> list[str]:
     the lines that point to the figure (none where a checkpoint is missing, e.g. on a fresh checkout)."""
     task = TASKS["PointRobot"]
     paths = [os.path.join(args.runs_root, task.runs, method, f"seed{min(args.seeds)}", "checkpoint.pt")
-             for method in task.methods]
+             for method in task.latent_methods]
     output = os.path.join(args.docs, "pointrobot_trajectories")
     if "PointRobot" not in args.tasks or not all(os.path.exists(p) for p in paths):
         return []
@@ -141,6 +194,22 @@ def trajectories(args: Args) -> list[str]:
                     *paths, "--output", output], check=True)
     return ["", f"Trajectories of the seed-{min(args.seeds)} agents on the test goals and with latents drawn from the "
                 f"prior: [{os.path.basename(output)}.md]({os.path.basename(output)}.md).", "",
+            f"![{os.path.basename(output)}.png]({os.path.basename(output)}.png)"]
+
+
+def dirichlet_beliefs(args: Args) -> list[str]:
+    """Read what the Dirichlet beliefs of the seed-1 runs learned (benchmarks/dirichlet_belief.py), of every task and
+    Dirichlet latent whose checkpoint is on disk; the lines that point to that page (none where no checkpoint is)."""
+    paths = [path for task in args.tasks for method in TASKS[task].latent_methods if "-dir" in method
+             for path in [os.path.join(args.runs_root, TASKS[task].runs, method, f"seed{min(args.seeds)}",
+                                       "checkpoint.pt")] if os.path.exists(path)]
+    if not paths:
+        return []
+    output = os.path.join(args.docs, "dirichlet_belief")
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "dirichlet_belief.py"), "--checkpoints", *paths,
+                    "--output", output], check=True)
+    return ["", f"What the Dirichlet beliefs of the seed-{min(args.seeds)} runs learned (does the belief's mean name "
+                f"the latent that pays?): [{os.path.basename(output)}.md]({os.path.basename(output)}.md).", "",
             f"![{os.path.basename(output)}.png]({os.path.basename(output)}.png)"]
 
 
@@ -158,7 +227,7 @@ def main(args: Args) -> None:
     results = {task: finals(TASKS[task], args) for task in args.tasks}
     lines = [f"- {task}: `python {shown(command(TASKS[task], args))}` ([report]({TASKS[task].report}.md))"
              for task in args.tasks]
-    lines += ["", *summarize(results, len(args.seeds)), *trajectories(args)]
+    lines += ["", *summarize(results, len(args.seeds)), *trajectories(args), *dirichlet_beliefs(args)]
     compare.write_report(os.path.join(args.docs, "structured_latent"), "The structured latent, measured",
                          " ".join(["python benchmarks/structured_latent.py", shlex.join(sys.argv[1:])]),
                          "each task is the comparison below, with its own report and record of runs; every run at "
