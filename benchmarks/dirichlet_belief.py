@@ -66,16 +66,53 @@ def record(run: dict, num_episodes: int, seed: int) -> dict:
     vector_env = envs.protocol.make_vector_env(args.env_id, num_episodes, run["eval_env_kwargs"])
     obs, info = vector_env.reset(seed=seed)
     n = args.dirichlet_groups * args.dirichlet_classes
-    probs, latents, sessions = [], [], []
+    probs, latents, sessions, beliefs, observations = [], [], [], [], []
     for t in range(run["horizon"]):  # info of step t - 1 (or of the reset) holds the latent that pays at step t
         latents.append(latent_index(info["latent"])), sessions.append(np.asarray(info["session"]).copy())
+        observations.append(np.asarray(obs, dtype=np.float32).reshape(num_episodes, -1))
         action = policy.act(obs, t)
         probs.append(policy.mean[:, :n].unflatten(-1, (args.dirichlet_groups, args.dirichlet_classes))
                      .softmax(-1).numpy())
+        beliefs.append(algo.policy_belief(policy.mean, policy.logvar, args).numpy())
         obs, reward, _, _, info = vector_env.step(action)
         policy.observe(reward, info)
     vector_env.close()
-    return {"probs": np.stack(probs, 1), "latents": np.stack(latents, 1), "sessions": np.stack(sessions, 1)}
+    return {"probs": np.stack(probs, 1), "latents": np.stack(latents, 1), "sessions": np.stack(sessions, 1),
+            "beliefs": np.stack(beliefs, 1), "observations": np.stack(observations, 1)}
+
+
+def probe_accuracy(features: np.ndarray, latents: np.ndarray, fit: np.ndarray, test: np.ndarray, num_latents: int,
+                   seed: int, steps: int = 400) -> float:
+    """Held-out accuracy of a small MLP (64 tanh units) that reads ``features`` (N, F) and names the latent (N,):
+    trained on the rows in ``fit`` (full-batch Adam), scored on those in ``test``. The features are standardised by
+    the fitting rows."""
+    torch.manual_seed(seed)
+    x = torch.as_tensor(features, dtype=torch.float32)
+    x = (x - x[fit].mean(0)) / (x[fit].std(0) + 1e-6)
+    y = torch.as_tensor(latents, dtype=torch.long)
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 64), torch.nn.Tanh(), torch.nn.Linear(64, num_latents))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(net(x[fit]), y[fit])
+            optimizer.zero_grad(), loss.backward(), optimizer.step()
+    return float((net(x[test]).argmax(-1) == y[test]).float().mean())
+
+
+def probes(recorded: dict, num_latents: int, seed: int) -> dict[str, float]:
+    """How well the paying latent can be read at the sessions' last steps (held-out episodes, as in ``measure``)
+    from the observation alone, from the observation and the Dirichlet means, and from the observation and all the
+    policy reads of the belief (means and log-variances): what the belief adds to what the agent's position shows."""
+    episodes = len(recorded["latents"])
+    last = session_steps(recorded["sessions"])[1].reshape(-1)
+    half = np.repeat(np.arange(episodes) < episodes // 2, recorded["latents"].shape[1])
+    fit, test = np.flatnonzero(last & half), np.flatnonzero(last & ~half)
+    flat = {key: value.reshape(episodes * value.shape[1], -1) for key, value in recorded.items() if key != "latents"}
+    inputs = {"observation": flat["observations"],
+              "observation + Dirichlet means": np.concatenate([flat["observations"], flat["probs"]], -1),
+              "observation + belief": np.concatenate([flat["observations"], flat["beliefs"]], -1)}
+    latents = recorded["latents"].reshape(-1)
+    return {name: probe_accuracy(x, latents, fit, test, num_latents, seed) for name, x in inputs.items()}
 
 
 def session_steps(sessions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +198,7 @@ def main(args: Args) -> list[dict]:
 
     torch.manual_seed(args.seed)
     runs = [load(path) for path in args.checkpoints]
-    lines, results = [], []
+    lines, results, probe_lines = [], [], []
     columns = min(3, len(runs))
     rows = -(-len(runs) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
@@ -173,7 +210,10 @@ def main(args: Args) -> list[dict]:
         num_latents = int(np.asarray(probe.reset(seed=0)[1]["latent"]).shape[-1])
         probe.close()
         groups = measure(recorded["probs"], recorded["latents"], recorded["sessions"], num_latents)
-        results.append({"run": run, "recorded": recorded, "groups": groups})
+        read = probes(recorded, num_latents, args.seed)
+        results.append({"run": run, "recorded": recorded, "groups": groups, "probes": read})
+        probe_lines.append(f"| {run['label']} | {run['path']} | {groups[0]['last']['chance']:.0%} | "
+                           + " | ".join(f"{value:.0%}" for value in read.values()) + " |")
         for g, group in enumerate(groups):
             cells = [f"{group[at]['named']:.0%} ({group[at]['chance']:.0%}) | {group[at]['mass']:.2f} "
                      f"({group[at]['others']:.2f})" for at in ("start", "first", "last")]
@@ -208,7 +248,14 @@ def main(args: Args) -> list[dict]:
                 "| run | checkpoint | group | episode's first step: named (chance) | mass (others) | sessions' first "
                 "steps: named (chance) | mass (others) | sessions' last steps: named (chance) | mass (others) "
                 "| map: latent→class |\n| --- | --- | ---: |" + " ---: |" * 6 + " --- |\n")
-        f.write("\n".join(lines) + "\n\nThe class tables behind the maps: each group's mean Dirichlet means at the "
+        f.write("\n".join(lines) + "\n\nWhere the latent can be read at the sessions' last steps: the held-out "
+                "accuracy of a small MLP probe (64 tanh units, fitted on the same first half of the episodes) that "
+                "names the paying latent from the observation alone (the agent's position may show its guess), from "
+                "the observation and the Dirichlet means, and from the observation and all the policy reads of the "
+                "belief (Dirichlet means, Gaussian part, log-variances). A probe's accuracy is a lower bound on what its "
+                f"inputs hold: it learns from the sessions of {args.episodes // 2} episodes.\n\n| run | checkpoint | "
+                "chance | observation | + Dirichlet means | + belief |\n| --- | --- | ---: | ---: | ---: | ---: |\n" + "\n".join(probe_lines)
+                + "\n\nThe class tables behind the maps: each group's mean Dirichlet means at the "
                 "sessions' last steps of the fitting episodes, per latent (rows; the Gridworld's paying goal, the "
                 "point robot's nearer anchor).\n\n" + "\n".join(tables)
                 + f"\n![{os.path.basename(args.output)}.png]({os.path.basename(args.output)}.png)\n")

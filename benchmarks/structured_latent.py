@@ -181,15 +181,28 @@ def sessions_table(results: dict[str, dict[str, list[dict]]]) -> list[str]:
             "when the latent is known."]
 
 
+def kept(output: str, what: str) -> list[str]:
+    """The lines that point to a page drawn from checkpoints that are not on disk (a fresh checkout holds the runs'
+    records, not their weights): the page stays as it was made; none where it was never made."""
+    name = os.path.basename(output)
+    if not os.path.exists(output + ".md"):
+        return []
+    return ["", f"{what[0].upper() + what[1:]}: [{name}.md]({name}.md) (drawn from checkpoints not on disk now: "
+                "its command redraws it where they are).", "", f"![{name}.png]({name}.png)"]
+
+
 def trajectories(args: Args) -> list[str]:
     """Draw the static point robot's seed-1 agents (the paper's Figures 2-3) where their checkpoints are on disk;
-    the lines that point to the figure (none where a checkpoint is missing, e.g. on a fresh checkout)."""
+    the lines that point to the figure (to the one drawn before where a checkpoint is missing, as on a fresh
+    checkout)."""
     task = TASKS["PointRobot"]
     paths = [os.path.join(args.runs_root, task.runs, method, f"seed{min(args.seeds)}", "checkpoint.pt")
              for method in task.latent_methods]
     output = os.path.join(args.docs, "pointrobot_trajectories")
-    if "PointRobot" not in args.tasks or not all(os.path.exists(p) for p in paths):
+    if "PointRobot" not in args.tasks:
         return []
+    if not all(os.path.exists(p) for p in paths):
+        return kept(output, "trajectories of the seed-1 agents")
     subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "pointrobot_trajectories.py"), "--checkpoints",
                     *paths, "--output", output], check=True)
     return ["", f"Trajectories of the seed-{min(args.seeds)} agents on the test goals and with latents drawn from the "
@@ -199,13 +212,12 @@ def trajectories(args: Args) -> list[str]:
 
 def dirichlet_beliefs(args: Args) -> list[str]:
     """Read what the Dirichlet beliefs of the seed-1 runs learned (benchmarks/dirichlet_belief.py), of every task and
-    Dirichlet latent whose checkpoint is on disk; the lines that point to that page (none where no checkpoint is)."""
-    paths = [path for task in args.tasks for method in TASKS[task].latent_methods if "-dir" in method
-             for path in [os.path.join(args.runs_root, TASKS[task].runs, method, f"seed{min(args.seeds)}",
-                                       "checkpoint.pt")] if os.path.exists(path)]
-    if not paths:
-        return []
+    Dirichlet latent; the lines that point to that page (to the one drawn before where a checkpoint is missing)."""
+    paths = [os.path.join(args.runs_root, TASKS[task].runs, method, f"seed{min(args.seeds)}", "checkpoint.pt")
+             for task in args.tasks for method in TASKS[task].latent_methods if "-dir" in method]
     output = os.path.join(args.docs, "dirichlet_belief")
+    if not all(os.path.exists(path) for path in paths):
+        return kept(output, "what the Dirichlet beliefs of the seed-1 runs learned")
     subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "dirichlet_belief.py"), "--checkpoints", *paths,
                     "--output", output], check=True)
     return ["", f"What the Dirichlet beliefs of the seed-{min(args.seeds)} runs learned (does the belief's mean name "

@@ -54,6 +54,16 @@ def test_a_belief_that_names_the_latent_and_one_that_holds_nothing_of_it():
     assert blind["last"]["named"] <= blind["last"]["chance"]  # it names one latent always: at best the most frequent
 
 
+def test_the_probe_reads_a_latent_its_features_hold_and_not_one_they_do_not():
+    rng = np.random.default_rng(0)
+    latents = rng.integers(3, size=600)
+    fit, test = np.arange(300), np.arange(300, 600)
+    held = np.eye(3)[latents] + 0.1 * rng.normal(size=(600, 3))
+    noise = rng.normal(size=(600, 3))
+    assert db.probe_accuracy(held, latents, fit, test, 3, seed=0) > 0.95
+    assert db.probe_accuracy(noise, latents, fit, test, 3, seed=0) < 0.5  # chance is about 1/3
+
+
 def test_no_checkpoint_and_too_few_episodes_are_refused_in_one_line():
     with pytest.raises(SystemExit, match="--checkpoints: give the checkpoint.pt"):
         db.main(db.Args())
@@ -69,10 +79,13 @@ def test_a_finished_run_s_table_and_figure(tmp_path, finished_run):
     results = db.main(db.Args(checkpoints=[os.path.join(run, "checkpoint.pt")], output=output, episodes=8))
     table = open(f"{output}.md").read()
     assert os.path.getsize(f"{output}.png") > 10_000
-    assert table.count("| DynaMITE-RL, Dir(2, 4) + Gau(2) |") == 2  # one row per group
+    assert table.count("| DynaMITE-RL, Dir(2, 4) + Gau(2) |") == 2 + 1  # one row per group, and one of the probes
     recorded = results[0]["recorded"]
     horizon = results[0]["run"]["horizon"]
     assert recorded["probs"].shape == (8, horizon, 2, 4) and np.allclose(recorded["probs"].sum(-1), 1, atol=1e-5)
     assert recorded["latents"].max() <= 3 and recorded["sessions"][:, 0].tolist() == [0] * 8
+    assert recorded["beliefs"].shape == (8, horizon, 8 + 2 + 8 + 2)  # the simplex points, Gau(2), log-variances
+    assert set(results[0]["probes"]) == {"observation", "observation + Dirichlet means", "observation + belief"}
+    assert "| + Dirichlet means | + belief |" in table
     with pytest.raises(SystemExit, match="a run with a Gaussian latent"):
         db.main(db.Args(checkpoints=[os.path.join(finished_run("dynamite_rl.py"), "checkpoint.pt")], output=output))

@@ -75,6 +75,14 @@ def test_the_table_reads_each_record_and_judges_the_structured_latent_against_ga
     assert sessions == ["| Gridworld, 4 goals | DynaMITE-RL, Gau(5) | 2 | 7.00 / 5.00 / 5.00 | -2.00 |",
                         "| Gridworld, 4 goals | oracle | 1 | 9.00 / 10.00 / 11.00 | +1.50 |"]
     assert "| PointRobot |" not in text.split("## Return per session")[1]  # one session: no row
+    # pages drawn from checkpoints that a fresh checkout lacks stay linked as they were made
+    (docs / "pointrobot_trajectories.md").write_text("# drawn before\n")
+    (docs / "dirichlet_belief.md").write_text("# drawn before\n")
+    structured_latent.main(args)
+    text = (docs / "structured_latent.md").read_text()
+    assert "[pointrobot_trajectories.md](pointrobot_trajectories.md) (drawn from checkpoints not on disk" in text
+    assert "[dirichlet_belief.md](dirichlet_belief.md) (drawn from checkpoints not on disk" in text
+    assert (docs / "dirichlet_belief.md").read_text() == "# drawn before\n"
 
 
 def test_unknown_tasks_are_refused_with_the_known_ones():
