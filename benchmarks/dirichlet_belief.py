@@ -252,9 +252,10 @@ def main(args: Args) -> list[dict]:
                 "accuracy of a small MLP probe (64 tanh units, fitted on the same first half of the episodes) that "
                 "names the paying latent from the observation alone (the agent's position may show its guess), from "
                 "the observation and the Dirichlet means, and from the observation and all the policy reads of the "
-                "belief (Dirichlet means, Gaussian part, log-variances). A probe's accuracy is a lower bound on what its "
-                f"inputs hold: it learns from the sessions of {args.episodes // 2} episodes.\n\n| run | checkpoint | "
-                "chance | observation | + Dirichlet means | + belief |\n| --- | --- | ---: | ---: | ---: | ---: |\n" + "\n".join(probe_lines)
+                "belief (Dirichlet means, Gaussian part, log-variances). A probe's accuracy is a lower bound on what "
+                f"its inputs hold: it learns from the sessions of {args.episodes // 2} episodes.\n\n"
+                "| run | checkpoint | chance | observation | + Dirichlet means | + belief |\n"
+                "| --- | --- | ---: | ---: | ---: | ---: |\n" + "\n".join(probe_lines)
                 + "\n\nThe class tables behind the maps: each group's mean Dirichlet means at the "
                 "sessions' last steps of the fitting episodes, per latent (rows; the Gridworld's paying goal, the "
                 "point robot's nearer anchor).\n\n" + "\n".join(tables)

@@ -202,7 +202,7 @@ def trajectories(args: Args) -> list[str]:
     if "PointRobot" not in args.tasks:
         return []
     if not all(os.path.exists(p) for p in paths):
-        return kept(output, "trajectories of the seed-1 agents")
+        return kept(output, f"trajectories of the seed-{min(args.seeds)} agents")
     subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "pointrobot_trajectories.py"), "--checkpoints",
                     *paths, "--output", output], check=True)
     return ["", f"Trajectories of the seed-{min(args.seeds)} agents on the test goals and with latents drawn from the "
@@ -217,7 +217,7 @@ def dirichlet_beliefs(args: Args) -> list[str]:
              for task in args.tasks for method in TASKS[task].latent_methods if "-dir" in method]
     output = os.path.join(args.docs, "dirichlet_belief")
     if not all(os.path.exists(path) for path in paths):
-        return kept(output, "what the Dirichlet beliefs of the seed-1 runs learned")
+        return kept(output, f"what the Dirichlet beliefs of the seed-{min(args.seeds)} runs learned")
     subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "dirichlet_belief.py"), "--checkpoints", *paths,
                     "--output", output], check=True)
     return ["", f"What the Dirichlet beliefs of the seed-{min(args.seeds)} runs learned (does the belief's mean name "
