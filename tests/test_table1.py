@@ -87,6 +87,7 @@ def test_the_table_reads_every_tasks_record_between_its_bounds_and_judges_each_c
     assert rows["ScratchItch"].count("not run") == 1  # ContraBAR is not a method of that task
     assert "1.5 ± 0.5 [2 of 3 seeds]" in rows["ScratchItch"]
     assert rows["Reacher"].count("–") == 6  # nothing recorded
+    assert list(rows)[2:] == list(table1.TASKS)  # (after the header) a row for every task, not only those trained
     claims = {line.split(" | ")[0].strip("| "): line for line in text.split("## The paper's claim")[1].splitlines()
               if line.startswith("| ")}
     cells = [c.strip() for c in claims["HalfCheetah-Vel"].strip("|").split("|")]
