@@ -224,6 +224,17 @@ def record(path: str, runs: dict[str, dict]) -> str:
     return path
 
 
+def recorder(args: Args):
+    """What to do when one of the comparison's runs finishes: add it to the record at once, so that a comparison
+    killed before its report (a long one, on a machine that is taken back) leaves every finished run restorable."""
+    def keep(run: Run) -> None:
+        path = os.path.join(run.run_dir, "eval.json")
+        evaluation = json.load(open(path)) if os.path.exists(path) else {}
+        if evaluation.get("finished") and not differing_settings(run, evaluation.get("args", {})):
+            record(f"{args.output}_runs.json", {os.path.relpath(run.run_dir, args.runs_dir): evaluation})
+    return keep
+
+
 def env_name(env_id: str) -> str:
     return env_id.split("/")[-1].rsplit("-v", 1)[0]
 
@@ -445,7 +456,8 @@ def main(args: Args) -> None:
         if run.finished():
             print(f"{run.name}: done already", flush=True)
     done_before = sum(run.finished() for run in runs)
-    failures = run_all(runs, args.ray_address, args.workers, args.gpus_per_run, args.retries) if runs else {}
+    failures = run_all(runs, args.ray_address, args.workers, args.gpus_per_run, args.retries,
+                       on_finished=recorder(args)) if runs else {}
     results = load(args)
     if not any(results.values()):
         raise SystemExit(f"error: no finished run of {', '.join(args.methods)} with seeds {args.seeds} in "

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = ".runner"  # written by the head into every run folder's parent; a node that cannot see it cannot run there
@@ -76,9 +77,10 @@ def train(script: str, arguments: list[str], run_dir: str, env: dict[str, str]) 
 
 
 def run_all(runs: list[Run], address: str | None = None, workers: int = 2, gpus_per_run: float = 0.0,
-            retries: int = 2) -> dict[str, str]:
+            retries: int = 2, on_finished: Callable[[Run], None] | None = None) -> dict[str, str]:
     """Run every unfinished run of ``runs`` on Ray; returns the failures, name -> last lines of output. A progress
-    bar shows runs finished / running / failed, env steps done, elapsed time and the estimated time left."""
+    bar shows runs finished / running / failed, env steps done, elapsed time and the estimated time left.
+    ``on_finished(run)`` is called as soon as a run has finished (e.g. to record it before the others end)."""
     import ray
     from tqdm import tqdm
 
@@ -119,6 +121,8 @@ def run_all(runs: list[Run], address: str | None = None, workers: int = 2, gpus_
                     if status == 0:
                         finished += 1
                         tqdm.write(f"{run.name}: finished ({attempts[run.name]} attempt(s))")
+                        if on_finished is not None:
+                            on_finished(run)
                     elif attempts[run.name] <= retries:
                         attempts[run.name] += 1
                         tqdm.write(f"{run.name}: exit {status}, retrying from its checkpoint "

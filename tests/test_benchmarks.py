@@ -325,6 +325,26 @@ def test_a_report_records_its_runs_and_a_fresh_checkout_continues_from_the_recor
     assert "restored" not in capsys.readouterr().out
 
 
+def test_each_run_is_recorded_as_it_finishes_and_only_if_finished_with_its_methods_settings(tmp_path):
+    """The runner calls the recorder as each run finishes, so a comparison killed before its report keeps them."""
+    unfinished = {**fake_run(2, 44.0), "finished": False}
+    old = fake_run(1, 40.0)
+    old["args"].update(session_encoder=not importlib.import_module("dynamite_rl").Args().session_encoder)
+    write_runs(tmp_path / "runs", {("rl2", 1): fake_run(1, 40.0), ("rl2", 2): unfinished, ("dynamite", 1): old})
+    args = compare.Args(methods=["rl2", "dynamite"], seeds=[1, 2], total_timesteps=6000,
+                        runs_dir=str(tmp_path / "runs"), output=str(tmp_path / "bench"))
+    runs = {run.name: run for run in compare.make_runs(args)}
+    keep = compare.recorder(args)
+    for name in ("rl2 seed 1", "rl2 seed 2", "dynamite seed 1", "dynamite seed 2"):  # (dynamite seed 2: no folder)
+        keep(runs[name])
+    recorded = json.loads((tmp_path / "bench_runs.json").read_text())["runs"]
+    assert list(recorded) == ["rl2/seed1"]
+    assert recorded["rl2/seed1"]["evaluations"][-1]["return"] == 40.0
+    (tmp_path / "runs" / "rl2" / "seed2" / "eval.json").write_text(json.dumps(fake_run(2, 44.0)))
+    keep(runs["rl2 seed 2"])
+    assert list(json.loads((tmp_path / "bench_runs.json").read_text())["runs"]) == ["rl2/seed1", "rl2/seed2"]
+
+
 def test_a_run_trained_with_other_settings_than_its_method_sets_is_neither_restored_nor_reported(tmp_path, capsys):
     """After a default changes, a recorded run (or one in --runs-dir) made with the old default does not count as the
     method's: the record is not restored, and the run is left out of the table, each with a line that says why."""
