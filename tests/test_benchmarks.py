@@ -326,7 +326,8 @@ def test_a_report_records_its_runs_and_a_fresh_checkout_continues_from_the_recor
 
 
 def test_each_run_is_recorded_as_it_finishes_and_only_if_finished_with_its_methods_settings(tmp_path):
-    """The runner calls the recorder as each run finishes, so a comparison killed before its report keeps them."""
+    """The recorder (which the runner calls as each run finishes: test_runner.py) adds a run to the report's record
+    only once it has finished, and only if it trained with its method's settings."""
     unfinished = {**fake_run(2, 44.0), "finished": False}
     old = fake_run(1, 40.0)
     old["args"].update(session_encoder=not importlib.import_module("dynamite_rl").Args().session_encoder)

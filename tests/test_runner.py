@@ -42,3 +42,19 @@ def test_a_failing_run_is_reported_by_name_and_the_others_finish_to_the_table(tm
     compare.main(compare.Args(**{**settings, "seeds": [1]}))  # seed 1 only: everything finished
     again = capsys.readouterr().out
     assert again.count("done already") == 1 and "ray:" not in again  # nothing to run, so no cluster is started
+
+
+def test_the_runner_calls_back_as_each_run_finishes_with_its_evaluation_on_disk(tmp_path):
+    """compare.py records each run through this call, so a comparison killed before its report keeps its runs."""
+    from benchmarks.runner import run_all
+    settings = compare.Args(methods=["rl2"], seeds=[1, 2], runs_dir=str(tmp_path / "runs"),
+                            output=str(tmp_path / "bench"), total_timesteps=480, eval_every=1,
+                            extra="--num-envs 8 --num-minibatches 2 --eval-episodes 2")
+    runs = compare.make_runs(settings)
+    finished_when_called = []
+
+    def called(run):
+        finished_when_called.append((run.name, run.finished()))
+
+    assert run_all(runs, workers=2, on_finished=called) == {}
+    assert sorted(finished_when_called) == [("rl2 seed 1", True), ("rl2 seed 2", True)]
