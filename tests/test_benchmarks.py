@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import tyro
 
 from benchmarks import belief_probe, compare, latent_probe, throughput
@@ -494,3 +495,42 @@ def test_the_latent_probe_tells_the_encoder_the_action_the_environment_was_given
     assert all(np.array_equal(s, t) for s, t in zip(stepped, told))
     differ = sum(not np.array_equal(s, p) for s, p in zip(stepped, proposed))
     assert differ == 0 if behaviour == "greedy" else differ > run["horizon"] // 2
+
+
+@pytest.mark.slow
+def test_the_compile_check_times_each_form_and_reports_one_that_fails_to_compile(monkeypatch, tmp_path):
+    from benchmarks import compile_check
+
+    def raising(*args, **kwargs):
+        raise RuntimeError("backend='inductor' raised:\nAssertionError: \n\nSet TORCHDYNAMO_VERBOSE=1")
+
+    class Broken(torch.nn.Module):  # a network that fails as it is first called, as a compiled one can
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        forward = raising
+
+    def broken_compile(fn, **_):
+        return Broken(fn) if isinstance(fn, torch.nn.Module) else raising
+
+    monkeypatch.setattr(compile_check.torch, "compile", broken_compile)
+    args = compile_check.Args(scripts=["varibad.py"], updates=1, repeats=1, output=str(tmp_path / "check"))
+    result = compile_check.check("varibad.py", args)
+    assert result["eager"][0] > 0 and result["eager"][1] > 0
+    assert result["whole loss compiled"] == result["networks compiled"] == \
+        "backend='inductor' raised: AssertionError:"
+    compile_check.main(args)
+    table = (tmp_path / "check.md").read_text()
+    assert "| varibad.py | eager |" in table and "1.00×" in table
+    assert table.count("fails to compile (backend='inductor' raised: AssertionError:)") == 2
+
+
+def test_the_compile_check_batch_is_random_episodes_of_the_environment():
+    from benchmarks import compile_check
+
+    (obs, actions, rewards, next_obs, ends), space = compile_check.random_batch("dynamite/Gridworld-v0", 3)
+    horizon = obs.shape[0]
+    assert obs.shape[1] == actions.shape[1] == rewards.shape[1] == 3 and ends.dtype == torch.bool
+    assert actions.shape[-1] == space.n and torch.all(actions.sum(-1) == 1)  # one-hot
+    assert torch.equal(next_obs[:-1], obs[1:]) and ends.shape == (horizon, 3) and ends.any()
