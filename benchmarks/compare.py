@@ -350,7 +350,8 @@ def per_session(finals: list[dict]) -> np.ndarray:
 
 def detection_summary(finals: list[dict]) -> str:
     """How a method's termination head found the true session ends in the final evaluations (mean over seeds):
-    precision and recall at the exact step, and the delay of the ends found late; "" for a method without one."""
+    precision and recall at the exact step, and the delay of the ends found late ("never fired" where there is no
+    precision to give); "" for a method without one."""
     found = [f["session_detection"] for f in finals if "session_detection" in f]
     if not found:
         return ""
@@ -358,6 +359,8 @@ def detection_summary(finals: list[dict]) -> str:
     mean = {k: float(np.mean(v)) if v else float("nan") for k, v in values.items()}
     if not values["recall"]:  # no true session end in any evaluation episode (one session per episode)
         return "no session ends" + (f", precision {mean['precision']:.2f}" if values["precision"] else "")
+    if not values["precision"]:  # true ends to find, and the head never fired in any evaluation
+        return f"never fired, recall {mean['recall']:.2f}"
     late = f", {mean['delay']:.1f} steps late" if np.isfinite(mean["delay"]) else ""
     return f"precision {mean['precision']:.2f}, recall {mean['recall']:.2f}{late}"
 

@@ -426,6 +426,8 @@ def test_the_head_summary_says_when_there_was_no_session_end_to_find():
     assert compare.detection_summary([{"session_detection": one_session}] * 2) == "no session ends"
     false_alarms = {"precision": 0.0, "recall": nan, "delay": nan}
     assert compare.detection_summary([{"session_detection": false_alarms}]) == "no session ends, precision 0.00"
+    silent = {"precision": nan, "recall": 0.0, "delay": nan}  # true ends, and the head never fired
+    assert compare.detection_summary([{"session_detection": silent}] * 2) == "never fired, recall 0.00"
     assert compare.detection_summary([{"return": 1.0}]) == ""  # a method without a head
 
 
