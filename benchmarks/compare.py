@@ -134,7 +134,9 @@ def make_runs(args: Args) -> list[Run]:
 
 def load(args: Args) -> dict[str, list[dict]]:
     """The evaluation files of the finished runs of each method (runs still in progress are left out, and so are runs
-    trained with other settings than the method's command sets, e.g. before a default changed)."""
+    trained with other settings than the method's command sets, e.g. before a default changed), their floats at the
+    6 digits the report's record keeps, so that a run read from its folder and one restored from the record print
+    the same."""
     results = {}
     for run, method in zip(make_runs(args), [m for _ in args.seeds for m in args.methods]):
         path = os.path.join(run.run_dir, "eval.json")
@@ -143,8 +145,8 @@ def load(args: Args) -> dict[str, list[dict]]:
             differ = differing_settings(run, evaluation.get("args", {}))
             if differ:
                 print(f"{run.name} in {run.run_dir} left out: trained with {differ}", flush=True)
-            elif evaluation.get("finished"):
-                results.setdefault(method, []).append(evaluation)
+            elif evaluation.get("finished"):  # read at the record's precision: the same report from either
+                results.setdefault(method, []).append({**evaluation, "evaluations": rounded(evaluation["evaluations"])})
     return {method: sorted(results.get(method, []), key=lambda r: r["args"]["seed"]) for method in args.methods}
 
 

@@ -326,6 +326,21 @@ def test_a_report_records_its_runs_and_a_fresh_checkout_continues_from_the_recor
     assert "restored" not in capsys.readouterr().out
 
 
+def test_a_run_reads_the_same_from_its_folder_as_from_the_record(tmp_path):
+    """A report reads a run's floats at the record's 6 digits, so a fresh checkout that restores the run from the
+    record prints what the machine that trained it printed, even where rounding twice moves the last digit."""
+    value = 927.03500001  # its own 2 decimals are 927.04; at 6 digits, 927.035 prints 927.03
+    write_runs(tmp_path / "runs", {("rl2", 1): fake_run(1, value)})
+    args = compare.Args(methods=["rl2"], seeds=[1], total_timesteps=6000, runs_dir=str(tmp_path / "runs"),
+                        output=str(tmp_path / "bench"))
+    read = compare.load(args)["rl2"][0]["evaluations"][-1]
+    compare.record(f"{args.output}_runs.json", {"rl2/seed1": json.loads((tmp_path / "runs" / "rl2" / "seed1" /
+                                                                         "eval.json").read_text())})
+    restored = json.loads((tmp_path / "bench_runs.json").read_text())["runs"]["rl2/seed1"]["evaluations"][-1]
+    assert f"{value:.2f}" == "927.04" and f"{read['return']:.2f}" == f"{restored['return']:.2f}" == "927.03"
+    assert read["return_per_session"] == restored["return_per_session"]
+
+
 def test_each_run_is_recorded_as_it_finishes_and_only_if_finished_with_its_methods_settings(tmp_path):
     """The recorder (which the runner calls as each run finishes: test_runner.py) adds a run to the report's record
     only once it has finished, and only if it trained with its method's settings."""
