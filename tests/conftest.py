@@ -15,6 +15,10 @@ import envs.protocol
 import envs.runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# one torch thread per test process, as the scripts train (--num-threads 1): the suite's workers (-n 2) already fill
+# a 2-core machine, and more threads than free cores make torch's small operations wait on each other (a VAE step of
+# a test took 20 times as long with two threads while a training run held the other core)
+torch.set_num_threads(1)
 
 SCRIPTS = ["dynamite_rl.py", "varibad.py", "rl2.py", "contrabar.py"]
 VAE_SCRIPTS = ["dynamite_rl.py", "varibad.py"]  # the ones that learn a belief with a VAE
