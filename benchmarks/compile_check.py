@@ -1,16 +1,20 @@
-"""Does torch.compile pay for itself? One encoder update of each script, eager and compiled, on the same batch.
+"""Does torch.compile or bfloat16 pay for itself? One encoder update of each script, eager, compiled and in
+bfloat16, on the same batch, and where the eager update spends its time.
 
     python benchmarks/compile_check.py                                   # the Gridworld; writes docs/compile_check.md
     python benchmarks/compile_check.py --env-id dynamite/HalfCheetahVel-v0 --output docs/compile_check_halfcheetah
 
 The encoder update is what the first phase of DynaMITE-RL, VariBAD and ContraBAR spends most of its time on. For
-each script it is timed in three forms on one batch of random-action episodes of the environment (the script's
+each script it is timed in four forms on one batch of random-action episodes of the environment (the script's
 batch size, its defaults for the environment's family): eager, as the script runs it; the whole loss function under
-``torch.compile(dynamic=True)``; and the networks compiled one by one. The forms alternate --repeats times, each
-timed over --updates updates (forward, backward, Adam step) after warm-up ones; the table gives the median time per
-update, its ratio to eager, and the first update's time (what the compile costs, with inductor's caches off, as on
-a first run). ContraBAR's predictor is called through its methods, not ``forward``: compiling the networks one by
-one compiles its encoder only. One torch thread.
+``torch.compile(dynamic=True)``; the networks compiled one by one; and the eager loss under CPU autocast to
+bfloat16 (matrix products in bfloat16, parameters and optimizer in float32). The forms alternate --repeats times,
+each timed over --updates updates (forward, backward, Adam step) after warm-up ones; the table gives the median time
+per update, its ratio to eager, the first update's time (what the compile costs, with inductor's caches off, as on
+a first run), and, for bfloat16, how far its loss and gradient are from float32's on the same weights and batch.
+ContraBAR's predictor is called through its methods, not ``forward``: compiling the networks one by one compiles
+its encoder only. Then --profile-updates eager updates run under torch.profiler, and the report lists the
+operations with the most CPU time (with their input shapes). One torch thread.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ class Args:
     repeats: int = 5
     """how many times the forms alternate; the median time counts"""
     seed: int = 1
+    profile_updates: int = 5
+    """eager updates profiled per script (0: no profile)"""
+    profile_rows: int = 12
+    """operations listed per profile"""
     output: str = "docs/compile_check"
     """the report, without .md"""
 
@@ -80,9 +88,44 @@ def time_update(loss_fn, networks, batch, args, updates: int) -> float:
     return (time.perf_counter() - start) / updates * 1000
 
 
-def check(script: str, args: Args) -> dict[str, tuple[float, float] | str]:
+def bfloat16_autocast(loss_fn):
+    """``loss_fn`` under CPU autocast to bfloat16: the matrix products in bfloat16, the parameters kept in float32."""
+    def autocast_loss(*inputs, **kwargs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return loss_fn(*inputs, **kwargs)
+    return autocast_loss
+
+
+def precision_gap(loss_fn, low_precision_fn, networks, batch, settings, seed: int) -> tuple[float, float]:
+    """Relative differences of the loss and of the whole gradient (as one vector) of ``low_precision_fn`` from
+    ``loss_fn``'s, on the same weights and batch (the same random draws inside the loss)."""
+    parameters = [p for n in networks for p in n.parameters()]
+    results = []
+    for fn in (loss_fn, low_precision_fn):
+        torch.manual_seed(seed)
+        loss, _ = fn(*networks, batch, settings, torch.device("cpu"))
+        gradient = torch.autograd.grad(loss, parameters, allow_unused=True)
+        results.append((loss.detach().float(), torch.cat([torch.zeros(p.numel()) if g is None else g.float().flatten()
+                                                          for p, g in zip(parameters, gradient)])))
+    (loss, gradient), (low_loss, low_gradient) = results
+    return (float((low_loss - loss).abs() / loss.abs().clamp(min=1e-12)),
+            float((low_gradient - gradient).norm() / gradient.norm().clamp(min=1e-12)))
+
+
+def profile(loss_fn, networks, batch, settings, updates: int, rows: int) -> list[str]:
+    """Markdown rows of the operations that take the most CPU time over ``updates`` eager updates."""
+    with torch.profiler.profile(record_shapes=True) as profiler:
+        time_update(loss_fn, networks, batch, settings, updates)
+    events = sorted(profiler.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [f"| `{e.key}` | {str(e.input_shapes).replace('|', '/')} | {e.count // updates} | "
+            f"{e.self_cpu_time_total / updates / 1000:.2f} | {100 * e.self_cpu_time_total / total:.1f}% |"
+            for e in events[:rows]]
+
+
+def check(script: str, args: Args) -> tuple[dict[str, tuple[float, float] | str], tuple[float, float], list[str]]:
     """form -> (median ms per update, seconds of the first update) of ``script``'s encoder update, or why the form
-    failed to compile."""
+    failed to compile; bfloat16's (loss, gradient) gap from float32; and the profile's rows."""
     module = importlib.import_module(script[: -len(".py")])
     settings = module.Args(env_id=args.env_id)
     one = envs.protocol.make_vector_env(args.env_id, 1, {})
@@ -98,7 +141,8 @@ def check(script: str, args: Args) -> dict[str, tuple[float, float] | str]:
     whole = torch.compile(loss_fn, dynamic=True)
     compiled = [torch.compile(n, dynamic=True) for n in networks]
     forms = {"eager": (loss_fn, networks), "whole loss compiled": (whole, networks),
-             "networks compiled": (loss_fn, compiled)}
+             "networks compiled": (loss_fn, compiled), "bfloat16 autocast": (bfloat16_autocast(loss_fn), networks)}
+    gap = precision_gap(loss_fn, forms["bfloat16 autocast"][0], networks, batch, settings, args.seed)
     first, failed = {}, {}
     for form, (fn, nets) in forms.items():  # warm-up; the compiled forms compile here
         start = time.perf_counter()
@@ -113,7 +157,10 @@ def check(script: str, args: Args) -> dict[str, tuple[float, float] | str]:
     for _ in range(args.repeats):
         for form in times:
             times[form].append(time_update(*forms[form], batch, settings, args.updates))
-    return {form: (float(np.median(times[form])), first[form]) if form in times else failed[form] for form in forms}
+    rows = profile(loss_fn, networks, batch, settings, args.profile_updates, args.profile_rows) \
+        if args.profile_updates else []
+    return ({form: (float(np.median(times[form])), first[form]) if form in times else failed[form] for form in forms},
+            gap, rows)
 
 
 def main(args: Args) -> None:
@@ -122,22 +169,30 @@ def main(args: Args) -> None:
     unknown = [s for s in args.scripts if s not in UPDATES]
     if unknown:
         raise SystemExit(f"error: no encoder update known for {unknown}; choose from {', '.join(UPDATES)}")
-    lines = ["| script | form | ms per update | ratio to eager | first update (compile) |",
-             "| --- | --- | ---: | ---: | ---: |"]
+    lines = ["| script | form | ms per update | ratio to eager | first update (compile) | gap from float32: loss, "
+             "gradient |", "| --- | --- | ---: | ---: | ---: | --- |"]
+    profiles = []
     for script in args.scripts:
-        result = check(script, args)
+        result, (loss_gap, gradient_gap), rows = check(script, args)
         eager = result["eager"][0]
         for form, measured in result.items():
             if isinstance(measured, str):
-                lines.append(f"| {script} | {form} | fails to compile ({measured}) | | |")
+                lines.append(f"| {script} | {form} | fails to compile ({measured}) | | | |")
                 continue
             ms, first = measured
-            lines.append(f"| {script} | {form} | {ms:.1f} | {eager / ms:.2f}× | {first:.1f} s |")
-        print("\n".join(lines[-3:]), flush=True)
+            gap = f"{loss_gap:.1e}, {gradient_gap:.1e}" if form == "bfloat16 autocast" else ""
+            lines.append(f"| {script} | {form} | {ms:.1f} | {eager / ms:.2f}× | {first:.1f} s | {gap} |")
+        print("\n".join(lines[-len(result):]), flush=True)
+        if rows:
+            profiles += [f"### {script}, eager", "", "| operation | input shapes | calls per update | ms per update "
+                         "(self) | share |", "| --- | --- | ---: | ---: | ---: |", *rows, ""]
     command = "python benchmarks/compile_check.py " + shlex.join(sys.argv[1:])
-    report = [f"# torch.compile and the encoder update, {args.env_id}", "",
+    report = [f"# torch.compile, bfloat16 and the encoder update, {args.env_id}", "",
               f"Command: `{command.strip()}` (torch {torch.__version__}, one torch thread, {args.repeats} "
               f"alternating repeats of {args.updates} updates, median).", "", *lines, ""]
+    if profiles:
+        report += [f"## Where an eager update spends its time ({args.profile_updates} updates under torch.profiler; "
+                   "the operations with the most CPU time of their own)", "", *profiles]
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     with open(f"{args.output}.md", "w") as f:
         f.write("\n".join(report))

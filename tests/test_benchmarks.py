@@ -533,14 +533,35 @@ def test_the_compile_check_times_each_form_and_reports_one_that_fails_to_compile
 
     monkeypatch.setattr(compile_check.torch, "compile", broken_compile)
     args = compile_check.Args(scripts=["varibad.py"], updates=1, repeats=1, output=str(tmp_path / "check"))
-    result = compile_check.check("varibad.py", args)
+    result, (loss_gap, gradient_gap), rows = compile_check.check("varibad.py", args)
     assert result["eager"][0] > 0 and result["eager"][1] > 0
     assert result["whole loss compiled"] == result["networks compiled"] == \
         "backend='inductor' raised: AssertionError:"
+    assert result["bfloat16 autocast"][0] > 0 and 0 < gradient_gap < 0.1 and 0 <= loss_gap < 0.01
+    assert len(rows) == args.profile_rows and any("aten::" in row for row in rows)
     compile_check.main(args)
     table = (tmp_path / "check.md").read_text()
-    assert "| varibad.py | eager |" in table and "1.00×" in table
+    assert "| varibad.py | eager |" in table and "1.00×" in table and "| varibad.py | bfloat16 autocast |" in table
     assert table.count("fails to compile (backend='inductor' raised: AssertionError:)") == 2
+    assert "### varibad.py, eager" in table
+
+
+def test_bfloat16_autocast_runs_the_matrix_products_in_bfloat16_and_the_gap_measures_it():
+    from benchmarks import compile_check
+
+    torch.manual_seed(0)
+    layer, batch = torch.nn.Linear(64, 64), torch.randn(32, 64)
+
+    def loss_fn(net, batch, settings, device):
+        out = net(batch)
+        return out.square().mean(), {"dtype": out.dtype}
+
+    autocast = compile_check.bfloat16_autocast(loss_fn)
+    assert loss_fn(layer, batch, None, None)[1]["dtype"] == torch.float32
+    assert autocast(layer, batch, None, None)[1]["dtype"] == torch.bfloat16
+    loss_gap, gradient_gap = compile_check.precision_gap(loss_fn, autocast, [layer], batch, None, seed=0)
+    assert 1e-4 < gradient_gap < 0.05 and loss_gap < 0.05  # bfloat16 keeps 8 bits of mantissa: about 0.4% per value
+    assert compile_check.precision_gap(loss_fn, loss_fn, [layer], batch, None, seed=0) == (0.0, 0.0)
 
 
 def test_the_compile_check_batch_is_random_episodes_of_the_environment():
