@@ -14,7 +14,10 @@ per update, its ratio to eager, the first update's time (what the compile costs,
 a first run), and, for bfloat16, how far its loss and gradient are from float32's on the same weights and batch.
 ContraBAR's predictor is called through its methods, not ``forward``: compiling the networks one by one compiles
 its encoder only. Then --profile-updates eager updates run under torch.profiler, and the report lists the
-operations with the most CPU time (with their input shapes). One torch thread.
+operations with the most CPU time (with their input shapes). Last, the floor: the floating-point operations of one
+update's matrix products (forward and backward, counted by ``torch.utils.flop_counter``) at the rate one thread
+multiplies two 1024 × 1024 matrices: no implementation of the same update in float32 gets under it with PyTorch's
+matrix products on this core. One torch thread.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 import torch
 import torch._inductor.config
 import tyro
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -123,9 +127,33 @@ def profile(loss_fn, networks, batch, settings, updates: int, rows: int) -> list
             for e in events[:rows]]
 
 
-def check(script: str, args: Args) -> tuple[dict[str, tuple[float, float] | str], tuple[float, float], list[str]]:
+def update_flops(loss_fn, networks, batch, settings) -> int:
+    """Floating-point operations of the matrix products of one update's forward and backward pass."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss, _ = loss_fn(*networks, batch, settings, torch.device("cpu"))
+        loss.backward()
+    for network in networks:
+        network.zero_grad()
+    return counter.get_total_flops()
+
+
+def matmul_rate(dtype=torch.float32, size: int = 1024, repeats: int = 10) -> float:
+    """Operations per second of one thread multiplying two ``size`` × ``size`` matrices (the best of ``repeats``)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def check(script: str, args: Args) -> tuple[dict[str, tuple[float, float] | str], tuple[float, float], list[str], int]:
     """form -> (median ms per update, seconds of the first update) of ``script``'s encoder update, or why the form
-    failed to compile; bfloat16's (loss, gradient) gap from float32; and the profile's rows."""
+    failed to compile; bfloat16's (loss, gradient) gap from float32; the profile's rows; and the update's
+    matrix-product operations."""
     module = importlib.import_module(script[: -len(".py")])
     settings = module.Args(env_id=args.env_id)
     one = envs.protocol.make_vector_env(args.env_id, 1, {})
@@ -160,7 +188,7 @@ def check(script: str, args: Args) -> tuple[dict[str, tuple[float, float] | str]
     rows = profile(loss_fn, networks, batch, settings, args.profile_updates, args.profile_rows) \
         if args.profile_updates else []
     return ({form: (float(np.median(times[form])), first[form]) if form in times else failed[form] for form in forms},
-            gap, rows)
+            gap, rows, update_flops(loss_fn, networks, batch, settings))
 
 
 def main(args: Args) -> None:
@@ -171,9 +199,10 @@ def main(args: Args) -> None:
         raise SystemExit(f"error: no encoder update known for {unknown}; choose from {', '.join(UPDATES)}")
     lines = ["| script | form | ms per update | ratio to eager | first update (compile) | gap from float32: loss, "
              "gradient |", "| --- | --- | ---: | ---: | ---: | --- |"]
-    profiles = []
+    profiles, floors = [], []
+    rates = {dtype: matmul_rate(dtype) for dtype in (torch.float32, torch.bfloat16)}
     for script in args.scripts:
-        result, (loss_gap, gradient_gap), rows = check(script, args)
+        result, (loss_gap, gradient_gap), rows, flops = check(script, args)
         eager = result["eager"][0]
         for form, measured in result.items():
             if isinstance(measured, str):
@@ -183,6 +212,8 @@ def main(args: Args) -> None:
             gap = f"{loss_gap:.1e}, {gradient_gap:.1e}" if form == "bfloat16 autocast" else ""
             lines.append(f"| {script} | {form} | {ms:.1f} | {eager / ms:.2f}× | {first:.1f} s | {gap} |")
         print("\n".join(lines[-len(result):]), flush=True)
+        floor = flops / rates[torch.float32] * 1000
+        floors.append(f"| {script} | {flops / 1e9:.2f} | {floor:.1f} | {eager:.1f} | {100 * floor / eager:.0f}% |")
         if rows:
             profiles += [f"### {script}, eager", "", "| operation | input shapes | calls per update | ms per update "
                          "(self) | share |", "| --- | --- | ---: | ---: | ---: |", *rows, ""]
@@ -190,6 +221,13 @@ def main(args: Args) -> None:
     report = [f"# torch.compile, bfloat16 and the encoder update, {args.env_id}", "",
               f"Command: `{command.strip()}` (torch {torch.__version__}, one torch thread, {args.repeats} "
               f"alternating repeats of {args.updates} updates, median).", "", *lines, ""]
+    report += ["## The floor: the matrix products alone at the core's peak", "",
+               f"One thread multiplies two 1024 × 1024 matrices at {rates[torch.float32] / 1e9:.0f} GFLOP/s in float32 "
+               f"({rates[torch.bfloat16] / 1e9:.0f} in bfloat16). An update's matrix products (forward and backward; "
+               "Adam's step has none) take at least their operations divided by that rate, whatever the rest of the "
+               "update costs.", "",
+               "| script | GFLOP per update (matrix products) | their time at the float32 peak, ms | eager update, ms "
+               "| floor / eager |", "| --- | ---: | ---: | ---: | ---: |", *floors, ""]
     if profiles:
         report += [f"## Where an eager update spends its time ({args.profile_updates} updates under torch.profiler; "
                    "the operations with the most CPU time of their own)", "", *profiles]

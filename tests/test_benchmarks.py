@@ -533,7 +533,7 @@ def test_the_compile_check_times_each_form_and_reports_one_that_fails_to_compile
 
     monkeypatch.setattr(compile_check.torch, "compile", broken_compile)
     args = compile_check.Args(scripts=["varibad.py"], updates=1, repeats=1, output=str(tmp_path / "check"))
-    result, (loss_gap, gradient_gap), rows = compile_check.check("varibad.py", args)
+    result, (loss_gap, gradient_gap), rows, flops = compile_check.check("varibad.py", args)
     assert result["eager"][0] > 0 and result["eager"][1] > 0
     assert result["whole loss compiled"] == result["networks compiled"] == \
         "backend='inductor' raised: AssertionError:"
@@ -544,6 +544,7 @@ def test_the_compile_check_times_each_form_and_reports_one_that_fails_to_compile
     assert "| varibad.py | eager |" in table and "1.00×" in table and "| varibad.py | bfloat16 autocast |" in table
     assert table.count("fails to compile (backend='inductor' raised: AssertionError:)") == 2
     assert "### varibad.py, eager" in table
+    assert f"| varibad.py | {flops / 1e9:.2f} |" in table and "## The floor" in table
 
 
 def test_bfloat16_autocast_runs_the_matrix_products_in_bfloat16_and_the_gap_measures_it():
@@ -562,6 +563,23 @@ def test_bfloat16_autocast_runs_the_matrix_products_in_bfloat16_and_the_gap_meas
     loss_gap, gradient_gap = compile_check.precision_gap(loss_fn, autocast, [layer], batch, None, seed=0)
     assert 1e-4 < gradient_gap < 0.05 and loss_gap < 0.05  # bfloat16 keeps 8 bits of mantissa: about 0.4% per value
     assert compile_check.precision_gap(loss_fn, loss_fn, [layer], batch, None, seed=0) == (0.0, 0.0)
+
+
+def test_the_floor_counts_each_matrix_product_of_the_forward_and_backward_pass_once():
+    from benchmarks import compile_check
+
+    torch.manual_seed(0)
+    first, second, batch = torch.nn.Linear(64, 32), torch.nn.Linear(32, 8), torch.randn(10, 64)
+
+    def loss_fn(first, second, batch, settings, device):
+        return second(torch.relu(first(batch))).square().mean(), {}
+
+    forward = 2 * 10 * (64 * 32 + 32 * 8)
+    # backward: both weights' gradients, and the gradient into the hidden layer; none into the batch
+    backward = 2 * 10 * (64 * 32 + 32 * 8) + 2 * 10 * 32 * 8
+    assert compile_check.update_flops(loss_fn, [first, second], batch, None) == forward + backward
+    assert first.weight.grad is None and second.weight.grad is None  # the count leaves no gradient behind
+    assert 1e9 < compile_check.matmul_rate(repeats=2) < 1e13
 
 
 def test_the_compile_check_batch_is_random_episodes_of_the_environment():
