@@ -223,9 +223,9 @@ def main(args: Args) -> None:
               f"alternating repeats of {args.updates} updates, median).", "", *lines, ""]
     report += ["## The floor: the matrix products alone at the core's peak", "",
                f"One thread multiplies two 1024 × 1024 matrices at {rates[torch.float32] / 1e9:.0f} GFLOP/s in float32 "
-               f"({rates[torch.bfloat16] / 1e9:.0f} in bfloat16). An update's matrix products (forward and backward; "
-               "Adam's step has none) take at least their operations divided by that rate, whatever the rest of the "
-               "update costs.", "",
+               f"({rates[torch.bfloat16] / 1e9:.0f} in bfloat16). At that rate an "
+               "update's matrix products (forward and backward; Adam's step has none) would take the time in the "
+               "table, whatever the rest of the update costs.", "",
                "| script | GFLOP per update (matrix products) | their time at the float32 peak, ms | eager update, ms "
                "| floor / eager |", "| --- | ---: | ---: | ---: | ---: |", *floors, ""]
     if profiles:
