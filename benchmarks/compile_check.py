@@ -15,9 +15,8 @@ a first run), and, for bfloat16, how far its loss and gradient are from float32'
 ContraBAR's predictor is called through its methods, not ``forward``: compiling the networks one by one compiles
 its encoder only. Then --profile-updates eager updates run under torch.profiler, and the report lists the
 operations with the most CPU time (with their input shapes). Last, the floor: the floating-point operations of one
-update's matrix products (forward and backward, counted by ``torch.utils.flop_counter``) at the rate one thread
-multiplies two 1024 × 1024 matrices: no implementation of the same update in float32 gets under it with PyTorch's
-matrix products on this core. One torch thread.
+update's matrix products (forward and backward, counted by ``torch.utils.flop_counter``) timed at the rate one
+thread multiplies two 1024 × 1024 matrices, whatever the rest of the update costs. One torch thread.
 """
 
 from __future__ import annotations
@@ -223,9 +222,9 @@ def main(args: Args) -> None:
               f"alternating repeats of {args.updates} updates, median).", "", *lines, ""]
     report += ["## The floor: the matrix products alone at the core's peak", "",
                f"One thread multiplies two 1024 × 1024 matrices at {rates[torch.float32] / 1e9:.0f} GFLOP/s in float32 "
-               f"({rates[torch.bfloat16] / 1e9:.0f} in bfloat16). At that rate an "
-               "update's matrix products (forward and backward; Adam's step has none) would take the time in the "
-               "table, whatever the rest of the update costs.", "",
+               f"({rates[torch.bfloat16] / 1e9:.0f} in bfloat16). At that rate an update's matrix products (forward "
+               "and backward; Adam's step has none) would take the time in the table, whatever the rest of the update "
+               "costs.", "",
                "| script | GFLOP per update (matrix products) | their time at the float32 peak, ms | eager update, ms "
                "| floor / eager |", "| --- | ---: | ---: | ---: | ---: |", *floors, ""]
     if profiles:
