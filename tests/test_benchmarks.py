@@ -12,7 +12,7 @@ import pytest
 import torch
 import tyro
 
-from benchmarks import belief_probe, compare, latent_probe, throughput
+from benchmarks import belief_probe, compare, latent_probe, overlay, throughput
 from conftest import ROOT, run_script
 
 SHORT = json.dumps({"horizon": 50, "session_length": 25})  # two sessions of a continuous environment
@@ -590,3 +590,51 @@ def test_the_compile_check_batch_is_random_episodes_of_the_environment():
     assert obs.shape[1] == actions.shape[1] == rewards.shape[1] == 3 and ends.dtype == torch.bool
     assert actions.shape[-1] == space.n and torch.all(actions.sum(-1) == 1)  # one-hot
     assert torch.equal(next_obs[:-1], obs[1:]) and ends.shape == (horizon, 3) and ends.any()
+
+
+def overlay_runs(tmp_path, groups: dict) -> list[str]:
+    """{label: {seed: final return}} as fake Gridworld runs in tmp_path/label/seed*/; returns the --groups pairs."""
+    for label, finals in groups.items():
+        for seed, value in finals.items():
+            run = fake_run(seed, value)
+            run["args"]["env_id"] = compare.GRIDWORLD
+            os.makedirs(tmp_path / label / f"seed{seed}")
+            (tmp_path / label / f"seed{seed}" / "eval.json").write_text(json.dumps(run))
+    return [f"{label}={tmp_path / label}" for label in groups]
+
+
+def test_the_overlay_reads_the_finished_runs_of_each_group_and_tests_each_against_the_first(tmp_path):
+    """Final returns per group (an unfinished run left out), their mean ± std over seeds, and Welch's test of a later
+    group against the first; the curves average the seeds at each evaluation."""
+    pairs = overlay_runs(tmp_path, {"old": {1: 40.0, 2: 44.0}, "new": {1: 41.0, 2: 45.0, 3: 30.0}})
+    unfinished = tmp_path / "new" / "seed3" / "eval.json"
+    unfinished.write_text(json.dumps({**json.loads(unfinished.read_text()), "finished": False}))
+    results = {label: overlay.load_group(folder) for label, folder in overlay.parse_groups(pairs).items()}
+    assert [[r["args"]["seed"] for r in runs] for runs in results.values()] == [[1, 2], [1, 2]]
+    lines = overlay.table(results, None)
+    assert "| old | 2 | 42.00 ± 2.00 | 40.00, 44.00 | 1.5 min |  |" in lines
+    # difference +1, each group's variance 8 over 2 seeds: t = 1 / sqrt(8/2 + 8/2)
+    assert f"| new | 2 | 43.00 ± 2.00 | 41.00, 45.00 | 1.5 min | difference +1.00, t = {1 / np.sqrt(8.0):.2f}: " \
+           "not separated |" in lines
+    steps, mean, std = overlay.curves(results["old"], "global_step")
+    assert steps.tolist() == [6000, 6000] and mean.tolist() == [21.0, 42.0] and std.tolist() == [1.0, 2.0]
+    assert overlay.curves(results["old"], "train_time")[0].tolist() == [1.0, 1.0]  # minutes of the first seed
+
+
+def test_the_overlay_says_what_is_wrong_with_its_groups(tmp_path):
+    with pytest.raises(SystemExit, match="is not LABEL=FOLDER"):
+        overlay.parse_groups(["old", "new=runs"])
+    with pytest.raises(SystemExit, match="at least two groups"):
+        overlay.parse_groups(["new=runs"])
+    pairs = overlay_runs(tmp_path, {"old": {1: 40.0}})
+    with pytest.raises(SystemExit, match="no finished run in empty"):
+        overlay.main(overlay.Args(groups=[*pairs, f"empty={tmp_path / 'none'}"], output=str(tmp_path / "o")))
+
+
+@pytest.mark.slow  # a plot: seconds
+def test_the_overlay_writes_its_table_and_figure_with_the_gridworld_s_exact_bounds(tmp_path):
+    pairs = overlay_runs(tmp_path, {"old": {1: 40.0, 2: 44.0}, "new": {1: 41.0, 2: 45.0}})
+    overlay.main(overlay.Args(groups=pairs, output=str(tmp_path / "o")))
+    report = (tmp_path / "o.md").read_text()
+    assert "| new | 2 | 43.00 ± 2.00 |" in report and "Bayes-optimal 47.370" in report
+    assert (tmp_path / "o_curves.png").stat().st_size > 10_000 and "o_curves.png" in report
