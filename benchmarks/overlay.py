@@ -8,8 +8,8 @@ e.g. the same method before and after a change that should not alter what it lea
 LABEL=FOLDER: the finished runs in FOLDER's seed*/ folders (their eval.json; runs still in progress are left out).
 The figure has the greedy return against env steps (does it learn the same per step?) and against training time
 (how much sooner?), mean ± std over seeds; the table the final returns, per seed, the training time and, for each
-group after the first, Welch's test of its final returns against the first group's. Writes <output>.md and
-<output>_curves.png.
+group after the first, Welch's test of its final returns against the first group's. Writes <output>.md,
+<output>_curves.png and <output>_runs.json (the evaluations it read, by run folder, to commit with the report).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from types import SimpleNamespace
 import numpy as np
 import tyro
 
-from benchmarks.compare import exact_reference, save, write_report
+from benchmarks.compare import exact_reference, record, save, write_report
 from benchmarks.table1 import welch
 
 
@@ -120,9 +120,13 @@ def main(args: Args) -> None:
         raise SystemExit(f"error: the groups trained on different environments ({', '.join(sorted(env_ids))})")
     reference = exact_reference(SimpleNamespace(env_id=env_ids.pop()), results)
     figure = plot(results, reference, args.output)
+    recorded = record(f"{args.output}_runs.json", {os.path.join(folders[label], f"seed{run['args']['seed']}"): run
+                                                   for label, runs in results.items() for run in runs})
+    lines = table(results, reference) + ["", f"The runs' evaluations: [{os.path.basename(recorded)}]"
+                                             f"({os.path.basename(recorded)})."]
     ran = ", ".join(f"{label}: {len(runs)} finished runs in {folders[label]}" for label, runs in results.items())
     write_report(args.output, "Learning curves overlaid", "python benchmarks/overlay.py " + shlex.join(sys.argv[1:]),
-                 ran, table(results, reference), [figure], {})
+                 ran, lines, [figure], {})
 
 
 if __name__ == "__main__":

@@ -638,3 +638,6 @@ def test_the_overlay_writes_its_table_and_figure_with_the_gridworld_s_exact_boun
     report = (tmp_path / "o.md").read_text()
     assert "| new | 2 | 43.00 ± 2.00 |" in report and "Bayes-optimal 47.370" in report
     assert (tmp_path / "o_curves.png").stat().st_size > 10_000 and "o_curves.png" in report
+    recorded = json.loads((tmp_path / "o_runs.json").read_text())["runs"]
+    assert sorted(recorded) == sorted(str(tmp_path / label / f"seed{seed}") for label in ("old", "new") for seed in (1, 2))
+    assert recorded[str(tmp_path / "new" / "seed2")]["evaluations"][-1]["return"] == 45.0
