@@ -84,7 +84,8 @@ def table(results: dict[str, list[dict]], reference: dict | None) -> list[str]:
         lines += ["", f"Bayes-optimal {reference['bayes']['total']:.3f}; best without memory across sessions "
                       f"{reference['memoryless']['total']:.3f}."]
     return lines + ["", "Returns are greedy, over each run's final evaluation episodes; ± is the std over seeds; the "
-                        "train time excludes evaluations."]
+                        "train time excludes evaluations, and compares between groups only where their runs shared "
+                        "the same machine under the same load."]
 
 
 def plot(results: dict[str, list[dict]], reference: dict | None, output: str) -> str:

@@ -629,6 +629,13 @@ def test_the_overlay_says_what_is_wrong_with_its_groups(tmp_path):
     pairs = overlay_runs(tmp_path, {"old": {1: 40.0}})
     with pytest.raises(SystemExit, match="no finished run in empty"):
         overlay.main(overlay.Args(groups=[*pairs, f"empty={tmp_path / 'none'}"], output=str(tmp_path / "o")))
+    other = tmp_path / "other" / "seed1"
+    other.mkdir(parents=True)
+    run = fake_run(1, 40.0)
+    run["args"]["env_id"] = "dynamite/Reacher-v0"
+    (other / "eval.json").write_text(json.dumps(run))
+    with pytest.raises(SystemExit, match="different environments"):
+        overlay.main(overlay.Args(groups=[*pairs, f"other={tmp_path / 'other'}"], output=str(tmp_path / "o")))
 
 
 @pytest.mark.slow  # a plot: seconds
